@@ -1,0 +1,3 @@
+from edgereid.cli import main
+
+main()

@@ -1,0 +1,31 @@
+"""Where the CLI writes: rich consoles for people, plain JSON on stdout with --json."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+def print_json(payload: Any) -> None:
+    # Plain print, not rich: JSON on stdout must stay machine-readable whatever the terminal.
+    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE pairs from the command line, values read as YAML scalars (so 3 is an int, true a bool)."""
+    import yaml
+
+    from edgereid.errors import ConfigError
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"option {pair!r} is not KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return options

@@ -1,0 +1,271 @@
+"""Decoding images, and decoding a whole split once into one array so that training never re-reads a JPEG.
+
+numpy and Pillow only: this module is part of the base install, which must work without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+from edgereid.data.readers import DatasetWarning
+from edgereid.data.records import ImageRecord
+from edgereid.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+# What Pillow raises for a file it cannot read: missing, not an image, truncated, malformed or absurdly large.
+_DECODER_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+_SHOWN_SKIPPED = 5
+# Bump when the cached array's meaning changes (resampling, colour conversion), so old caches are rebuilt.
+_CACHE_FORMAT = 1
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An image that could not be decoded, with the decoder's reason."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    """A split decoded at the training size.
+
+    ``images[i]`` is the uint8 HxWx3 RGB image of ``records[i]``; records whose image could not be decoded are
+    left out of both and listed in ``skipped``.
+    """
+
+    images: np.ndarray
+    records: list[ImageRecord]
+    skipped: tuple[SkippedImage, ...]
+
+
+def decode_image(path: Path | str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The image at ``path`` as a uint8 HxWx3 RGB array, resized to ``size`` = (height, width) when given.
+
+    Grayscale, palette, RGBA and CMYK images are converted to RGB. A missing, corrupt or truncated file raises
+    :class:`DataError` naming the path and the decoder's reason.
+    """
+    if size is not None:
+        _check_size(size)
+    try:
+        return _decode(Path(path), size)
+    except _DECODER_ERRORS as error:
+        raise _decode_error(Path(path), _reason(error)) from error
+
+
+def decode_records(
+    records: Sequence[ImageRecord],
+    size: tuple[int, int],
+    *,
+    strict: bool = False,
+    cache_path: Path | None = None,
+    num_workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> DecodedImages:
+    """Decode every record's image once into one contiguous uint8 array N x H x W x 3 at ``size`` = (height, width).
+
+    An image that cannot be decoded is skipped, and the skipped images are reported in one
+    :class:`DatasetWarning`; with ``strict`` the first of them raises :class:`DataError` instead.
+
+    With ``cache_path`` (a ``.npy`` file; its index is written beside it as ``.json``) the array is saved after
+    decoding and loaded instead of decoding while the image paths, their sizes and modification times, and
+    ``size`` stay the same. Name one cache file per split and size: a different key rebuilds and overwrites it.
+
+    ``progress(done, total)`` is called after each decoded image. Decoding runs on ``num_workers`` threads
+    (default: up to 8, one per CPU), as Pillow releases the GIL while it decodes.
+    """
+    _check_size(size)
+    if num_workers is not None and num_workers < 1:
+        raise ConfigError(f"num_workers must be at least 1, got {num_workers}")
+    key = _cache_key(records, size) if cache_path is not None else ""
+    cached = _load_cache(cache_path, key, records, size) if cache_path is not None else None
+    if cached is not None:
+        if strict and cached.skipped:
+            first = cached.skipped[0]
+            raise _decode_error(first.path, first.reason)
+        decoded = cached
+        if progress is not None:
+            progress(len(records), len(records))
+    else:
+        decoded, kept_rows = _decode_all(
+            records, size, strict, num_workers or min(8, os.cpu_count() or 1), progress
+        )
+        if cache_path is not None:
+            _save_cache(cache_path, key, decoded, kept_rows)
+    if decoded.skipped:
+        _warn_skipped(decoded.skipped, len(records))
+    return decoded
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+        raise ConfigError(f"image size must be (height, width) with two positive integers, got {size!r}")
+
+
+def _decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    with Image.open(path) as image:
+        # load() decodes the whole file, so a truncated image fails here rather than yielding grey rows.
+        image.load()
+        rgb = image.convert("RGB")
+    if size is not None and rgb.size != (size[1], size[0]):
+        # Pillow's bilinear filter widens its support when shrinking, so downscaling is antialiased.
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _reason(error: Exception) -> str:
+    return str(error) or type(error).__name__
+
+
+def _decode_error(path: Path, reason: str) -> DataError:
+    return DataError(f"cannot decode the image '{path}': {reason}")
+
+
+def _decode_all(
+    records: Sequence[ImageRecord],
+    size: tuple[int, int],
+    strict: bool,
+    num_workers: int,
+    progress: ProgressCallback | None,
+) -> tuple[DecodedImages, list[int]]:
+    """The decoded split, and the rows of ``records`` that it kept."""
+    images = np.empty((len(records), size[0], size[1], 3), dtype=np.uint8)
+
+    def decode_into_row(row: int) -> str | None:
+        try:
+            images[row] = _decode(records[row].path, size)
+        except _DECODER_ERRORS as error:
+            return _reason(error)
+        return None
+
+    failures: dict[int, str] = {}
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        try:
+            for row, failure in enumerate(pool.map(decode_into_row, range(len(records)))):
+                if failure is not None:
+                    if strict:
+                        raise _decode_error(records[row].path, failure)
+                    failures[row] = failure
+                if progress is not None:
+                    progress(row + 1, len(records))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    kept = [row for row in range(len(records)) if row not in failures]
+    skipped = tuple(SkippedImage(records[row].path, reason) for row, reason in failures.items())
+    return DecodedImages(_compact(images, kept), [records[row] for row in kept], skipped), kept
+
+
+def _compact(images: np.ndarray, kept: list[int]) -> np.ndarray:
+    """Move the kept rows to the front in place: fancy indexing would need a second array of the whole split."""
+    for destination, source in enumerate(kept):
+        if destination != source:
+            images[destination] = images[source]
+    return images[: len(kept)]
+
+
+def _warn_skipped(skipped: tuple[SkippedImage, ...], total: int) -> None:
+    shown = "; ".join(f"'{image.path}' ({image.reason})" for image in skipped[:_SHOWN_SKIPPED])
+    more = f"; and {len(skipped) - _SHOWN_SKIPPED} more" if len(skipped) > _SHOWN_SKIPPED else ""
+    warnings.warn(
+        f"skipped {len(skipped)} of {total} images that could not be decoded: {shown}{more}",
+        DatasetWarning,
+        stacklevel=3,
+    )
+
+
+def _cache_key(records: Sequence[ImageRecord], size: tuple[int, int]) -> str:
+    digest = hashlib.sha256(json.dumps([_CACHE_FORMAT, list(size)]).encode())
+    for record in records:
+        try:
+            stat = os.stat(record.path)
+            fingerprint = f"{record.path}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+        except OSError:
+            # A missing file is part of the key too, so the cache is rebuilt once it appears.
+            fingerprint = f"{record.path}\0missing\n"
+        digest.update(fingerprint.encode())
+    return digest.hexdigest()
+
+
+def _index_path(cache_path: Path) -> Path:
+    return cache_path.with_suffix(".json")
+
+
+def _load_cache(
+    cache_path: Path, key: str, records: Sequence[ImageRecord], size: tuple[int, int]
+) -> DecodedImages | None:
+    """The cached split when its index matches ``key``; None (and a rebuild) when it is absent, stale or unreadable."""
+    try:
+        index = json.loads(_index_path(cache_path).read_text())
+        if index.get("key") != key:
+            logger.info("decoded-image cache %s is stale; decoding again", cache_path)
+            return None
+        kept: list[int] = index["kept"]
+        images = np.load(cache_path, allow_pickle=False)
+        if images.dtype != np.uint8 or images.shape != (len(kept), size[0], size[1], 3):
+            return None
+        skipped = tuple(SkippedImage(Path(entry["path"]), entry["reason"]) for entry in index["skipped"])
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, ValueError, LookupError, TypeError) as error:
+        logger.warning("decoded-image cache %s is unreadable (%s); decoding again", cache_path, error)
+        return None
+    logger.info("loaded %d decoded images from %s", len(kept), cache_path)
+    return DecodedImages(images, [records[row] for row in kept], skipped)
+
+
+def _save_cache(cache_path: Path, key: str, decoded: DecodedImages, kept_rows: list[int]) -> None:
+    index = {
+        "key": key,
+        "kept": kept_rows,
+        "skipped": [{"path": str(image.path), "reason": image.reason} for image in decoded.skipped],
+    }
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    # Without its index an array is never trusted, so dropping the old index first means a crash between the two
+    # replacements leaves a cache that is rebuilt rather than one whose index describes another array.
+    _index_path(cache_path).unlink(missing_ok=True)
+    with _atomic_file(cache_path) as file:
+        np.save(file, decoded.images, allow_pickle=False)
+    with _atomic_file(_index_path(cache_path)) as file:
+        file.write(json.dumps(index).encode())
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[Any]]:
+    """A temporary file beside ``path`` that replaces it only once it is completely written."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EDGEREID_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real research data beside the checkout; tests that need it skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set EDGEREID_SHARED_DATA to its location)")
+    return SHARED_DATA
+
+
+def write_image(path: Path, color: tuple[int, int, int] = (120, 60, 30), size: tuple[int, int] = (16, 32)) -> Path:
+    """A tiny valid JPEG; ``size`` is (width, height)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.full((size[1], size[0], 3), color, dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+def write_images(directory: Path, names: list[str]) -> None:
+    for index, name in enumerate(names):
+        write_image(directory / name, color=(index * 7 % 256, 80, 160))

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgereid import __version__
+from edgereid.cli import cli
+from tests.conftest import write_image
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "synthetic"
+    result = CliRunner().invoke(cli, ["data", "synth", str(root), "--ids", "6", "--cameras", "3", "--per-camera", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    (root / "summary.json").write_text(result.output)
+    return root
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_info_json_matches_the_synthetic_summary(synthetic_root: Path) -> None:
+    summary = json.loads((synthetic_root / "summary.json").read_text())
+    result = CliRunner().invoke(cli, ["data", "info", str(synthetic_root), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["name"] == "market1501" and info["train_test_overlap"] == 0
+    for split, stats in info["splits"].items():
+        assert stats["images"] == summary["images"][split]
+        assert stats["identities"] == summary["ids"][split] == 3
+        assert stats["image_sizes"] == {"128x64": stats["images"]}
+
+
+def test_info_holdout_on_a_train_only_root(tmp_path: Path) -> None:
+    for pid in range(1, 5):
+        for cam, frame in ((1, 100), (1, 200), (2, 300)):
+            write_image(tmp_path / "bounding_box_train" / f"{pid:04d}_c{cam}s1_000{frame}_01.jpg")
+    result = CliRunner().invoke(cli, ["data", "info", str(tmp_path), "--holdout-ids", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    splits = json.loads(result.output)["splits"]
+    assert splits["train"]["identities"] == 2 and splits["train"]["images"] == 6
+    # One query per held-out (identity, camera); the second camera-1 image of each is the gallery.
+    assert (splits["query"]["images"], splits["gallery"]["images"]) == (4, 2)
+
+
+def test_missing_root_exits_non_zero_with_one_clear_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["data", "info", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_corrupt_image_is_a_warning_and_strict_makes_it_an_error(tmp_path: Path) -> None:
+    write_image(tmp_path / "bounding_box_train" / "0001_c1s1_000100_01.jpg")
+    write_image(tmp_path / "bounding_box_train" / "0001_c2s1_000200_01.jpg")
+    good = (tmp_path / "bounding_box_train" / "0001_c1s1_000100_01.jpg").read_bytes()
+    (tmp_path / "bounding_box_train" / "0001_c3s1_000300_01.jpg").write_bytes(good[: len(good) // 2])
+    runner = CliRunner()
+    lenient = runner.invoke(cli, ["data", "info", str(tmp_path), "--verify", "--json"])
+    assert lenient.exit_code == 0, lenient.output
+    assert "1 of 3 train images cannot be read" in lenient.output
+    strict = runner.invoke(cli, ["data", "info", str(tmp_path), "--strict"])
+    assert strict.exit_code == 2 and "0001_c3s1_000300_01.jpg" in strict.output
+
+
+def test_bad_size_and_option_are_rejected(tmp_path: Path) -> None:
+    runner = CliRunner()
+    bad_size = runner.invoke(cli, ["data", "synth", str(tmp_path / "x"), "--size", "big"])
+    assert bad_size.exit_code == 2 and "HxW" in bad_size.output
+    bad_option = runner.invoke(cli, ["data", "info", str(tmp_path), "-o", "naming"])
+    assert bad_option.exit_code == 2 and "KEY=VALUE" in bad_option.output
+
+
+def test_formats_lists_every_reader() -> None:
+    result = CliRunner().invoke(cli, ["data", "formats", "--json"])
+    assert set(json.loads(result.output)) >= {"market1501", "market1501-holdout", "msmt17", "cuhk03", "veri776", "vehicle-reid", "folder"}
+
+
+def test_demo_quick_makes_data_and_reports(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "demo" / "data" / "query").is_dir()
+    assert "done" in result.output
