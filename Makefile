@@ -13,10 +13,10 @@ demo: env
 test: env
 	$(PYTHON) -m pytest -n 2 -q
 	$(PYTHON) -m ruff check edgereid tests benchmarks
-	$(PYTHON) -m mypy edgereid
+	MYPYPATH=$(VENV)/typing-stubs $(PYTHON) -m mypy edgereid
 
 lint:
 	$(PYTHON) -m ruff check edgereid tests benchmarks
 
 typecheck:
-	$(PYTHON) -m mypy edgereid
+	MYPYPATH=$(VENV)/typing-stubs $(PYTHON) -m mypy edgereid

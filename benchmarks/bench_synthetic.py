@@ -9,6 +9,10 @@ thread), (2) generates the default set, trains a 4-block CNN with cross-entropy 
 train split for a fixed number of iterations on ``--threads`` cores, and reports query/gallery mAP and Rank-1 under
 the Market-1501 protocol next to the same numbers for raw pixels, colour histograms and random features. The
 results go to ``benchmarks/results/synthetic.json``.
+
+The CNN sees the images downscaled to ``--input-size`` (64 x 32) with ``--width`` 16 channels in its first block,
+so that 1,200 iterations take about five minutes on two cores; at the full 128 x 64 size with 32 channels one
+iteration took about 7 s on the same two cores.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images-per-id-per-camera", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=1200, help="training iterations of P x K images")
+    parser.add_argument(
+        "--input-size", type=int, nargs=2, default=(64, 32), metavar=("H", "W"),
+        help="the CNN's input (height, width); images are downscaled to it (baselines use the full size)",
+    )  # fmt: skip
+    parser.add_argument("--width", type=int, default=16, help="channels of the CNN's first block (doubling per block)")
     parser.add_argument("--ids-per-batch", type=int, default=16)
     parser.add_argument("--images-per-id", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training")
@@ -160,8 +169,13 @@ def train_and_embed(
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
+    input_size = (args.input_size[0], args.input_size[1])
+
     def to_tensor(batch: np.ndarray) -> torch.Tensor:
-        return (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
+        if tuple(pixels.shape[-2:]) != input_size:
+            pixels = F.interpolate(pixels, size=input_size, mode="bilinear", antialias=True, align_corners=False)
+        return (pixels - mean) / std
 
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(
@@ -173,8 +187,9 @@ def train_and_embed(
     class SmallReIDNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.backbone = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 256))
-            self.embed = nn.Linear(256, 128)
+            c = args.width
+            self.backbone = nn.Sequential(block(3, c), block(c, 2 * c), block(2 * c, 4 * c), block(4 * c, 8 * c))
+            self.embed = nn.Linear(8 * c, 128)
             self.neck = nn.BatchNorm1d(128)
             self.classifier = nn.Linear(128, num_classes, bias=False)
 
@@ -196,10 +211,11 @@ def train_and_embed(
     def augment(batch: torch.Tensor) -> torch.Tensor:
         flip = torch.rand(len(batch)) < 0.5
         batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
-        padded = F.pad(batch, (6, 6, 6, 6), mode="replicate")
         height, width = batch.shape[2:]
+        pad = max(1, round(width * 6 / 64))
+        padded = F.pad(batch, (pad, pad, pad, pad), mode="replicate")
         crops = []
-        for index, (dy, dx) in enumerate(torch.randint(0, 13, (len(batch), 2)).tolist()):
+        for index, (dy, dx) in enumerate(torch.randint(0, 2 * pad + 1, (len(batch), 2)).tolist()):
             crops.append(padded[index, :, dy : dy + height, dx : dx + width])
         batch = torch.stack(crops)
         # Random erasing: the standard ReID augmentation against occlusion.
@@ -210,6 +226,8 @@ def train_and_embed(
                 batch[index, :, y : y + eh, x : x + ew] = torch.randn(3, eh, ew) * 0.5
         return batch
 
+    # Downscaled and normalised once; a batch is then an index into this tensor.
+    inputs = torch.cat([to_tensor(images[start : start + 256]) for start in range(0, len(images), 256)])
     by_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
     model = SmallReIDNet()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
@@ -219,7 +237,7 @@ def train_and_embed(
     for iteration in range(args.iterations):
         chosen = rng.choice(num_classes, size=min(args.ids_per_batch, num_classes), replace=False)
         indices = np.concatenate([rng.choice(by_class[c], size=args.images_per_id, replace=True) for c in chosen])
-        batch = augment(to_tensor(images[indices]))
+        batch = augment(inputs[torch.from_numpy(indices)])
         target = torch.from_numpy(labels[indices])
         embedding, logits = model(batch)
         loss = F.cross_entropy(logits, target, label_smoothing=0.1) + batch_hard_triplet(embedding, target)
@@ -244,6 +262,8 @@ def train_and_embed(
     info = {
         "iterations": args.iterations,
         "batch": f"{args.ids_per_batch} ids x {args.images_per_id} images",
+        "input_size": list(input_size),
+        "width": args.width,
         "train_seconds": round(train_seconds, 1),
         "torch_threads": args.threads,
         "torch": torch.__version__,

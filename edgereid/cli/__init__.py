@@ -41,9 +41,12 @@ def cli() -> None:
 def _register_commands() -> None:
     from edgereid.cli.data import data
     from edgereid.cli.demo import demo
+    from edgereid.cli.train import eval_command, train_command
 
     cli.add_command(data)
     cli.add_command(demo)
+    cli.add_command(train_command)
+    cli.add_command(eval_command)
 
 
 _register_commands()

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -97,10 +98,10 @@ _HEIGHT_WEIGHTS = {"short": 1, "average": 2, "tall": 1}
 _BUILD_WEIGHTS = {"slim": 1, "average": 2, "broad": 1}
 
 # Share of identities built as a near-twin of an earlier one, and how many attribute groups a twin changes.
-_TWIN_RATE = 0.45
+_TWIN_RATE = 0.25
 _TWIN_CHANGES = (1, 2)
 # How far one identity's "navy" is from another's, and how much one image's lighting moves it (0-255 scale).
-_IDENTITY_SHADE_SIGMA = 9.0
+_IDENTITY_SHADE_SIGMA = 14.0
 _IMAGE_EXPOSURE_SIGMA = 0.07
 _TRACKLET_VIEW_KEEP = 0.8
 
@@ -240,6 +241,8 @@ def generate_synthetic(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent))
     try:
+        # mkdtemp makes a private (0700) folder; the published set gets the mode a plain mkdir would give it.
+        staging.chmod(_published_mode(out_path))
         for directory in SPLIT_DIRS.values():
             (staging / directory).mkdir()
         image_records = []
@@ -929,6 +932,15 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
             f"'{out_dir}' is not empty; expected an empty or new folder (pass overwrite=True, or --overwrite, "
             "to replace its contents)"
         )
+
+
+def _published_mode(out_dir: Path) -> int:
+    """The permission bits for the published set: those of the folder it replaces, else 0777 less the umask."""
+    if out_dir.is_dir():
+        return stat.S_IMODE(out_dir.stat().st_mode)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def _publish(staging: Path, out_dir: Path) -> None:

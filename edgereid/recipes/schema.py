@@ -1,0 +1,129 @@
+"""The recipe: one validated object that says what to train on, which model, which losses and how."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgereid.data.transforms import AugmentConfig
+from edgereid.losses.config import LossConfig
+from edgereid.modeling.config import ModelConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticDataConfig(_Strict):
+    """Generate the synthetic data set at `data.root` first when it does not exist yet."""
+
+    ids: int = Field(100, ge=2)
+    cameras: int = Field(4, ge=2)
+    seed: int = Field(0, ge=0)
+    images_per_id_per_camera: int = Field(6, ge=2)
+    size: tuple[int, int] = (128, 64)
+
+
+class HoldoutConfig(_Strict):
+    """Hold identities of a train-only data set out as query/gallery (``edgereid.data.make_holdout``)."""
+
+    num_test_ids: int = Field(ge=1)
+    seed: int | None = None
+
+
+class SamplerConfig(_Strict):
+    p: int = Field(16, ge=2, description="identities per batch")
+    k: int = Field(4, ge=1, description="images per identity")
+
+
+class DataConfig(_Strict):
+    root: Path
+    format: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    holdout: HoldoutConfig | None = None
+    synthetic: SyntheticDataConfig | None = None
+    size: tuple[int, int] = (256, 128)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    cache_dir: Path | None = None
+    strict_images: bool = False
+
+    @model_validator(mode="after")
+    def _positive_size(self) -> DataConfig:
+        if min(self.size) < 16:
+            raise ValueError(f"size must be at least 16×16 pixels, got {self.size[0]}×{self.size[1]}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        return self
+
+
+class WarmupConfig(_Strict):
+    iters: int = Field(0, ge=0)
+    factor: float = Field(0.1, gt=0, le=1)
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    steps: list[int] = Field(default_factory=lambda: [30, 50], description="multistep: epochs where lr drops")
+    gamma: float = Field(0.1, gt=0, le=1)
+    delay_epochs: int = Field(0, ge=0, description="cosine: epochs at full lr before annealing")
+    eta_min_factor: float = Field(0.0, ge=0, le=1)
+
+
+class FreezeConfig(_Strict):
+    iters: int = Field(0, ge=0, description="train only the head for this many iterations")
+    modules: list[str] = Field(default_factory=lambda: ["backbone"])
+
+
+class SolverConfig(_Strict):
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(3.5e-4, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    bias_lr_factor: float = Field(1.0, gt=0)
+    head_lr_factor: float = Field(1.0, gt=0)
+    epochs: int = Field(60, ge=1)
+    iters_per_epoch: int | None = Field(None, ge=1)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    amp: Literal["none", "bf16", "fp16"] = "bf16"
+
+
+class TrainConfig(_Strict):
+    output_dir: Path = Path("runs/{name}")
+    device: str = "auto"
+    eval_period: int = Field(10, ge=1, description="evaluate every N epochs (and after the last)")
+    checkpoint_period: int | None = Field(None, ge=1, description="keep a checkpoint every N epochs")
+    log_period: int = Field(20, ge=1, description="iterations between logged metrics and finiteness checks")
+    flip_test: bool = False
+    tensorboard: bool = True
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run directory")
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    data: DataConfig
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    losses: LossConfig = Field(default_factory=LossConfig)
+    solver: SolverConfig = Field(default_factory=SolverConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _schedule_within_training(self) -> Recipe:
+        epochs = self.solver.epochs
+        late = [step for step in self.solver.schedule.steps if step > epochs]
+        if self.solver.schedule.name == "multistep" and late:
+            raise ValueError(f"solver.schedule.steps {late} lie after the last epoch ({epochs}); expected steps <= epochs")
+        if self.solver.schedule.name == "cosine" and self.solver.schedule.delay_epochs >= epochs:
+            raise ValueError(
+                f"solver.schedule.delay_epochs ({self.solver.schedule.delay_epochs}) leaves no epoch to anneal in; "
+                f"expected fewer than solver.epochs ({epochs})"
+            )
+        return self

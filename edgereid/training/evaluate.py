@@ -1,0 +1,117 @@
+"""Evaluating a checkpoint on a data set's query and gallery: the model and its input size come from the recipe
+saved in the checkpoint; the data, flip test, query expansion and re-ranking can be chosen."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgereid.data.transforms import EvalTransform
+from edgereid.errors import DataError
+from edgereid.evaluation.distance import Metric
+from edgereid.evaluation.features import evaluate_features
+from edgereid.evaluation.rank import RankResult
+from edgereid.modeling import ReIDModel, create_model
+from edgereid.training.checkpoint import Checkpoint, load_checkpoint, load_model_state
+from edgereid.training.data import decode_split, prepare_dataset
+from edgereid.training.inference import embed_images
+from edgereid.training.trainer import resolve_device
+
+
+def build_model(checkpoint: Checkpoint, device: torch.device | str = "cpu") -> ReIDModel:
+    """The checkpoint's model with its weights, in eval mode, on ``device``."""
+    model = create_model(checkpoint.recipe.model, num_classes=checkpoint.num_classes)
+    load_model_state(model, checkpoint)
+    return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    checkpoint: Path
+    data_root: Path
+    num_query: int
+    num_gallery: int
+    flip: bool
+    rerank: bool
+    aqe: bool
+    metric: str
+    result: RankResult
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        summary = self.result.to_dict()
+        summary.pop("cmc")
+        return {
+            "checkpoint": str(self.checkpoint),
+            "data_root": str(self.data_root),
+            "num_query": self.num_query,
+            "num_gallery": self.num_gallery,
+            "flip": self.flip,
+            "rerank": self.rerank,
+            "aqe": self.aqe,
+            "metric": self.metric,
+            **summary,
+            "cmc_top10": [float(value) for value in self.result.cmc[:10]],
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    data_format: str | None = None,
+    flip: bool | None = None,
+    rerank: bool = False,
+    aqe: bool = False,
+    metric: Metric = "cosine",
+    device: str = "auto",
+    batch_size: int = 128,
+) -> EvaluationReport:
+    """Score a checkpoint on the query/gallery of ``data_root`` (default: the data it was trained with).
+
+    ``data_format`` replaces the recipe's format (and drops its reader options and holdout); ``flip`` defaults to
+    the recipe's ``train.flip_test``.
+    """
+    started = time.perf_counter()
+    checkpoint = load_checkpoint(checkpoint_path)
+    data = checkpoint.recipe.data
+    if data_root is not None:
+        data = data.model_copy(update={"root": Path(data_root), "synthetic": None})
+    if data_format is not None:
+        data = data.model_copy(update={"format": data_format, "options": {}, "holdout": None})
+    dataset = prepare_dataset(data)
+    if not dataset.query or not dataset.gallery:
+        raise DataError(
+            f"data set '{data.root}' has no query or no gallery split to evaluate on (query: {len(dataset.query)}, "
+            f"gallery: {len(dataset.gallery)} images)"
+        )
+    torch_device = resolve_device(device)
+    model = build_model(checkpoint, torch_device)
+    transform = EvalTransform(data.size, data.mean, data.std)
+    use_flip = checkpoint.recipe.train.flip_test if flip is None else flip
+    query = decode_split(dataset.query, data, "query")
+    gallery = decode_split(dataset.gallery, data, "gallery")
+    query_features = embed_images(model, query.images, transform, torch_device, batch_size=batch_size, flip=use_flip)
+    gallery_features = embed_images(
+        model, gallery.images, transform, torch_device, batch_size=batch_size, flip=use_flip
+    )
+    result = evaluate_features(
+        query_features, gallery_features, query.records, gallery.records, metric=metric, rerank=rerank, aqe=aqe
+    )
+    return EvaluationReport(
+        checkpoint=checkpoint.path,
+        data_root=Path(data.root),
+        num_query=len(query.records),
+        num_gallery=len(gallery.records),
+        flip=use_flip,
+        rerank=rerank,
+        aqe=aqe,
+        metric=metric,
+        result=result,
+        elapsed_s=time.perf_counter() - started,
+    )

@@ -1,0 +1,517 @@
+"""The training loop: P×K batches gathered from decoded images kept on the training device, augmented there,
+the recipe's losses, warm-up and schedule, backbone freeze, AMP on GPU, periodic evaluation, metrics to JSONL and
+TensorBoard, atomic checkpoints and exact resume, one process or many under ``torchrun``.
+
+On a GPU a step never waits for the host: the epoch's batch indices are copied to the device once, losses are
+summed on the device and read back only every ``train.log_period`` iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import torch
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from edgereid.data import ReIDDataset
+from edgereid.data.images import DecodedImages
+from edgereid.data.sampler import PKSampler
+from edgereid.data.transforms import BatchAugment, EvalTransform
+from edgereid.errors import ConfigError, EdgeReIDError
+from edgereid.evaluation.features import evaluate_features
+from edgereid.losses import ReIDCriterion
+from edgereid.modeling import ReIDModel, create_model
+from edgereid.recipes import Recipe, recipe_from_dict, recipe_to_yaml
+from edgereid.training.checkpoint import Checkpoint, load_checkpoint, load_model_state, save_checkpoint
+from edgereid.training.data import (
+    IdentityClasses,
+    check_batch_fits,
+    decode_split,
+    images_to_tensor,
+    prepare_dataset,
+)
+from edgereid.training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from edgereid.training.inference import embed_images
+from edgereid.training.optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+METRICS_FILE = "metrics.jsonl"
+RECIPE_FILE = "recipe.yaml"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    iterations: int
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    best_metrics: dict[str, Any] | None
+    last_metrics: dict[str, Any] | None
+    elapsed_s: float
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device is {name!r}, but this machine has no CUDA GPU; use cpu or auto")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def new_run_dir(output_dir: Path, name: str) -> Path:
+    """``train.output_dir`` with ``{name}`` filled in; a numbered sibling if it already holds a run."""
+    base = Path(str(output_dir).replace("{name}", name))
+    candidate, number = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def train(
+    recipe: Recipe | None = None,
+    *,
+    resume: str | Path | None = None,
+    device: str | None = None,
+    show_progress: bool = True,
+    console: Console | None = None,
+) -> TrainResult:
+    """Train ``recipe`` into a new run directory, or continue the run in ``resume`` (a run directory or a
+    checkpoint) from its last checkpoint exactly where it stopped. With both, ``recipe`` may only differ from the
+    saved one in ``train`` and ``solver.epochs`` (to train for longer)."""
+    if recipe is None and resume is None:
+        raise ConfigError("give a recipe to train, or a run directory to resume")
+    resumed, run_dir = None, None
+    if resume is not None and _killed_before_first_checkpoint(Path(resume)):
+        # Nothing to continue from: start again, in the same directory, from the recipe saved there.
+        run_dir = Path(resume)
+        saved = recipe_from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()), f"'{run_dir / RECIPE_FILE}'")
+        recipe = saved if recipe is None else recipe
+    elif resume is not None:
+        resumed = load_checkpoint(resume)
+        recipe = _recipe_for_resume(resumed, recipe)
+    assert recipe is not None
+    device_name = device or recipe.train.device
+    use_cuda = resolve_device(device_name).type == "cuda"
+    context = init_distributed(use_cuda)
+    try:
+        loop = _TrainingLoop(recipe, resolve_device(device_name, context.local_rank), context, resumed, run_dir)
+        return loop.run(show_progress, console or Console(stderr=True))
+    finally:
+        shutdown_distributed(context)
+
+
+def _killed_before_first_checkpoint(run_dir: Path) -> bool:
+    return run_dir.is_dir() and (run_dir / RECIPE_FILE).is_file() and not (run_dir / "last.pt").exists()
+
+
+def _recipe_for_resume(checkpoint: Checkpoint, recipe: Recipe | None) -> Recipe:
+    saved = checkpoint.recipe
+    if recipe is None:
+        return saved
+    comparable = {"train": None, "solver": {"epochs": None}}
+    mine = _without(recipe.model_dump(mode="json"), comparable)
+    theirs = _without(saved.model_dump(mode="json"), comparable)
+    if mine != theirs:
+        differing = sorted(_differing_keys(mine, theirs))
+        raise ConfigError(
+            f"cannot resume '{checkpoint.path}' with a different recipe: {', '.join(differing)} differ from the "
+            "saved recipe; only train.* and solver.epochs may change when resuming"
+        )
+    return recipe
+
+
+def _without(content: dict[str, Any], dropped: dict[str, Any]) -> dict[str, Any]:
+    kept = {}
+    for key, value in content.items():
+        if key in dropped and dropped[key] is None:
+            continue
+        kept[key] = _without(value, dropped[key]) if key in dropped and isinstance(value, dict) else value
+    return kept
+
+
+def _differing_keys(left: Any, right: Any, prefix: str = "") -> list[str]:
+    if isinstance(left, dict) and isinstance(right, dict):
+        keys = set(left) | set(right)
+        return [path for key in keys for path in _differing_keys(left.get(key), right.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if left != right else []
+
+
+class _TrainingLoop:
+    def __init__(
+        self,
+        recipe: Recipe,
+        device: torch.device,
+        context: DistributedContext,
+        resumed: Checkpoint | None,
+        run_dir: Path | None,
+    ) -> None:
+        self.fixed_run_dir = run_dir
+        self.recipe = recipe
+        self.device = device
+        self.context = context
+        self.resumed = resumed
+        self.use_amp = device.type == "cuda" and recipe.solver.amp != "none"
+        self.amp_dtype = torch.float16 if recipe.solver.amp == "fp16" else torch.bfloat16
+
+    # --- set-up -----------------------------------------------------------------------------------------------
+
+    def run(self, show_progress: bool, console: Console) -> TrainResult:
+        recipe, context = self.recipe, self.context
+        started = time.perf_counter()
+        torch.manual_seed(recipe.seed + context.rank)
+        if self.resumed is not None:
+            run_dir = self.resumed.path.parent
+        elif self.fixed_run_dir is not None:
+            run_dir = self.fixed_run_dir
+        else:
+            run_dir = Path(context.broadcast(str(new_run_dir(recipe.train.output_dir, recipe.name)) if context.is_main else None))
+        if context.is_main:
+            _write_text_atomically(run_dir / RECIPE_FILE, recipe_to_yaml(recipe))
+            console.print(f"[bold]run[/] {run_dir}  [dim]device {self.device}, {context.world_size} process(es)[/]")
+
+        if context.is_main:
+            dataset = prepare_dataset(recipe.data)
+        context.barrier()
+        if not context.is_main:
+            dataset = prepare_dataset(recipe.data)
+        decoded = decode_split(dataset.train, recipe.data, "train")
+        classes = IdentityClasses.from_records(decoded.records)
+        if self.resumed is not None and self.resumed.class_pids != classes.pids:
+            raise ConfigError(
+                f"the training identities of '{recipe.data.root}' are not the ones run '{run_dir}' was trained on; "
+                "resume on the same data"
+            )
+        check_batch_fits(recipe.data, len(classes.pids), context.world_size)
+        images = images_to_tensor(decoded.images, self.device)
+        targets = torch.from_numpy(classes.targets(decoded.records)).to(self.device)
+        eval_data = self._eval_data(dataset) if context.is_main else None
+
+        model = create_model(recipe.model, num_classes=len(classes.pids)).to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        frozen = _frozen_modules(model, recipe.solver.freeze.modules) if recipe.solver.freeze.iters else []
+        optimizer = build_optimizer(model, recipe.solver)
+        sampler = PKSampler(
+            targets.tolist(),
+            recipe.data.sampler.p,
+            recipe.data.sampler.k,
+            seed=recipe.seed,
+            rank=context.rank,
+            world_size=context.world_size,
+        )
+        iters_per_epoch = recipe.solver.iters_per_epoch or len(sampler)
+        scheduler = build_scheduler(optimizer, recipe.solver, iters_per_epoch)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        augment = BatchAugment(recipe.augment, recipe.data.size, recipe.data.mean, recipe.data.std).to(self.device)
+        generator = torch.Generator(self.device).manual_seed(recipe.seed * 1_000_003 + context.rank)
+
+        start_epoch, iteration, best = 0, 0, None
+        if self.resumed is not None:
+            load_model_state(model, self.resumed)
+            state = self.resumed.training_state
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            sampler.load_state_dict(state["samplers"][context.rank])
+            rng = state["rng"][context.rank]
+            torch.set_rng_state(rng["torch"])
+            generator.set_state(rng["augment"])
+            if self.device.type == "cuda" and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+            start_epoch, iteration = self.resumed.epoch, self.resumed.iteration
+            best = state.get("best")
+        trained: nn.Module = model
+        if context.enabled:
+            trained = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        self.run_dir, self.model, self.classes = run_dir, model, classes
+        self.optimizer, self.scheduler, self.scaler, self.sampler, self.generator = (
+            optimizer, scheduler, scaler, sampler, generator
+        )
+        criterion = ReIDCriterion(recipe.losses)
+        batches = _endless(sampler)
+        last_metrics: dict[str, Any] | None = None
+        writer = _TensorBoard(run_dir, recipe.train.tensorboard and context.is_main)
+        total_iters = recipe.solver.epochs * iters_per_epoch
+        progress = _progress(console, show_progress and context.is_main)
+        with progress, writer, _open_metrics(run_dir, context.is_main, iteration) as metrics_file:
+            task = progress.add_task("train", total=total_iters, completed=iteration, info="")
+            for epoch in range(start_epoch, recipe.solver.epochs):
+                # One host-to-device copy of the epoch's batch plan; the sampler's state is then the epoch's end.
+                plan = torch.tensor([next(batches) for _ in range(iters_per_epoch)], dtype=torch.long)
+                plan = plan.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else plan
+                sums: dict[str, torch.Tensor] = {}
+                window_start, window_iters = time.perf_counter(), 0
+                trained.train()
+                for step in range(iters_per_epoch):
+                    in_freeze = iteration < recipe.solver.freeze.iters
+                    for module in frozen:
+                        module.train(not in_freeze)
+                    batch = plan[step]
+                    inputs = augment(images[batch], generator)
+                    if self.device.type == "cuda":
+                        inputs = inputs.contiguous(memory_format=torch.channels_last)
+                    batch_targets = targets[batch]
+                    with self._autocast():
+                        outputs = trained(inputs, batch_targets)
+                    total, parts = criterion(_float_outputs(outputs), batch_targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(total).backward()
+                    if in_freeze:
+                        for module in frozen:
+                            for parameter in module.parameters():
+                                parameter.grad = None
+                    if recipe.solver.clip_grad_norm is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.solver.clip_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    for name, value in {"loss": total.detach(), **parts}.items():
+                        sums[name] = sums[name] + value if name in sums else value
+                    iteration += 1
+                    window_iters += 1
+                    progress.advance(task)
+                    if iteration % recipe.train.log_period == 0 or step == iters_per_epoch - 1:
+                        # The one host synchronisation of a logging window.
+                        means = torch.stack(list(sums.values())).div(window_iters).tolist()
+                        losses = dict(zip(sums, means, strict=True))
+                        elapsed = time.perf_counter() - window_start
+                        logged = {
+                            "iteration": iteration,
+                            "epoch": epoch + 1,
+                            "lr": optimizer.param_groups[0]["lr"],
+                            **{name if name == "loss" else f"loss_{name}": value for name, value in losses.items()},
+                            "images_per_s": window_iters * len(batch) * context.world_size / max(elapsed, 1e-9),
+                        }
+                        if not math.isfinite(losses["loss"]):
+                            raise EdgeReIDError(
+                                f"the loss became {losses['loss']} by iteration {iteration} (epoch {epoch + 1}); "
+                                "lower solver.lr, add solver.warmup or solver.clip_grad_norm, or set solver.amp: none"
+                            )
+                        _log(metrics_file, writer, "train", logged)
+                        progress.update(
+                            task, info=f"epoch {epoch + 1} loss {losses['loss']:.3f} {logged['images_per_s']:.0f} img/s"
+                        )
+                        sums = {}
+                        window_start, window_iters = time.perf_counter(), 0
+
+                evaluated = None
+                is_last = epoch + 1 == recipe.solver.epochs
+                if eval_data is not None and ((epoch + 1) % recipe.train.eval_period == 0 or is_last):
+                    evaluated = {"epoch": epoch + 1, "iteration": iteration, **self._evaluate(eval_data)}
+                    _log(metrics_file, writer, "eval", evaluated)
+                    console.print(
+                        f"epoch {epoch + 1}: mAP {evaluated['mAP']:.2%}  rank-1 {evaluated['rank1']:.2%}  "
+                        f"mINP {evaluated['mINP']:.2%}"
+                    )
+                    last_metrics = evaluated
+                    if best is None or evaluated["mAP"] > best["mAP"]:
+                        best = evaluated
+                self._save(epoch + 1, iteration, best, evaluated, improved=evaluated is not None and best is evaluated)
+        elapsed = time.perf_counter() - started
+        best_path = run_dir / "best.pt"
+        return TrainResult(
+            run_dir=run_dir,
+            epochs=recipe.solver.epochs,
+            iterations=iteration,
+            last_checkpoint=run_dir / "last.pt",
+            best_checkpoint=best_path if best_path.exists() else None,
+            best_metrics=best,
+            last_metrics=last_metrics,
+            elapsed_s=elapsed,
+        )
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if not self.use_amp:
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    # --- evaluation and checkpoints ------------------------------------------------------------------------------
+
+    def _eval_data(self, dataset: ReIDDataset) -> tuple[DecodedImages, DecodedImages] | None:
+        if not dataset.query or not dataset.gallery:
+            return None
+        return decode_split(dataset.query, self.recipe.data, "query"), decode_split(
+            dataset.gallery, self.recipe.data, "gallery"
+        )
+
+    def _evaluate(self, eval_data: tuple[DecodedImages, DecodedImages]) -> dict[str, Any]:
+        data = self.recipe.data
+        transform = EvalTransform(data.size, data.mean, data.std)
+        query, gallery = eval_data
+        with self._autocast():
+            query_features = embed_images(self.model, query.images, transform, self.device, flip=self.recipe.train.flip_test)
+            gallery_features = embed_images(
+                self.model, gallery.images, transform, self.device, flip=self.recipe.train.flip_test
+            )
+        result = evaluate_features(query_features, gallery_features, query.records, gallery.records)
+        summary = result.to_dict()
+        summary.pop("cmc")
+        return summary
+
+    def _save(
+        self, epoch: int, iteration: int, best: dict[str, Any] | None, evaluated: dict[str, Any] | None, improved: bool
+    ) -> None:
+        context = self.context
+        rng = {
+            "torch": torch.get_rng_state(),
+            "augment": self.generator.get_state().cpu(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+        samplers = context.gather(self.sampler.state_dict())
+        rngs = context.gather(rng)
+        if context.is_main:
+            last = self.run_dir / "last.pt"
+            save_checkpoint(
+                last,
+                recipe=self.recipe,
+                model_state=self.model.state_dict(),
+                class_pids=self.classes.pids,
+                epoch=epoch,
+                iteration=iteration,
+                metrics=evaluated or {},
+                training_state={
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "samplers": samplers,
+                    "rng": rngs,
+                    "best": best,
+                },
+            )
+            period = self.recipe.train.checkpoint_period
+            if period is not None and epoch % period == 0:
+                _copy_atomically(last, self.run_dir / f"epoch_{epoch:04d}.pt")
+            if improved:
+                _copy_atomically(last, self.run_dir / "best.pt")
+        context.barrier()
+
+
+def _endless(sampler: PKSampler) -> Iterator[list[int]]:
+    while True:
+        yield from sampler
+
+
+def _float_outputs(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Losses in float32 whatever the autocast precision of the forward pass.
+    return {key: value.float() for key, value in outputs.items()}
+
+
+def _frozen_modules(model: ReIDModel, names: list[str]) -> list[nn.Module]:
+    children = dict(model.named_children())
+    unknown = [name for name in names if name not in children]
+    if unknown:
+        raise ConfigError(
+            f"solver.freeze.modules names {unknown}, which the model does not have; expected some of "
+            f"{', '.join(children)}"
+        )
+    return [children[name] for name in names]
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed}/{task.total} it"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not enabled,
+    )
+
+
+class _TensorBoard:
+    """TensorBoard scalars when asked for and installed; nothing otherwise."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.writer: Any = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                return
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def add(self, group: str, values: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        step = values["iteration"]
+        for key, value in values.items():
+            if key not in ("iteration", "epoch") and isinstance(value, int | float):
+                self.writer.add_scalar(f"{group}/{key}", value, step)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _open_metrics(run_dir: Path, enabled: bool, resumed_at: int) -> AbstractContextManager[TextIO | None]:
+    """The metrics log, opened for appending; entries an interrupted run logged after its last checkpoint go,
+    so a resumed run's log reads like an uninterrupted one's."""
+    if not enabled:
+        return nullcontext()
+    path = run_dir / METRICS_FILE
+    if path.exists():
+        kept = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if _is_complete_entry(line) and json.loads(line)["iteration"] <= resumed_at
+        ]
+        _write_text_atomically(path, "".join(kept))
+    return path.open("a", encoding="utf-8")
+
+
+def _is_complete_entry(line: str) -> bool:
+    # A process killed mid-write leaves a truncated last line.
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _log(metrics_file: TextIO | None, writer: _TensorBoard, kind: str, values: dict[str, Any]) -> None:
+    if metrics_file is not None:
+        metrics_file.write(json.dumps({"kind": kind, **values}) + "\n")
+        metrics_file.flush()
+    writer.add(kind, values)
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    temporary = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, temporary)
+    temporary.replace(target)
