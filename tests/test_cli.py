@@ -85,4 +85,17 @@ def test_demo_quick_makes_data_and_reports(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "data" / "query").is_dir()
-    assert "done" in result.output
+    run = tmp_path / "demo" / "runs" / "quickstart"
+    assert {"recipe.yaml", "metrics.jsonl", "last.pt"} <= {path.name for path in run.iterdir()}
+    assert "mAP" in result.output and "done" in result.output
+
+
+def test_training_commands_name_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+    for command in (["train", "quickstart"], ["eval", "runs/x"], ["demo"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1
+        assert "pip install 'edgereid[train]'" in result.output

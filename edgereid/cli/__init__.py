@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from edgereid import __version__
 from edgereid.cli._output import console, error_console
@@ -23,12 +24,12 @@ class _ReportingGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgeReIDError as error:
-            error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            error_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             ctx.exit(error.exit_code)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
-    error_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    error_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 @click.group(cls=_ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})

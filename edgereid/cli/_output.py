@@ -29,3 +29,16 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
             raise ConfigError(f"option {pair!r} is not KEY=VALUE")
         options[key] = yaml.safe_load(value)
     return options
+
+
+def require_extra(module: str, extra: str, command: str) -> None:
+    """Fail with the install command when an optional dependency of ``command`` is missing."""
+    import importlib.util
+
+    from edgereid.errors import EdgeReIDError
+
+    if importlib.util.find_spec(module) is None:
+        raise EdgeReIDError(
+            f"`edgereid {command}` needs {module}, which is not installed here (the base install is the on-device "
+            f"runtime); install it with: pip install 'edgereid[{extra}]'"
+        )

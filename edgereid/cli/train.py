@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from edgereid.cli._output import console, print_json
+from edgereid.cli._output import console, print_json, require_extra
 from edgereid.errors import ConfigError
 
 
@@ -20,6 +20,7 @@ from edgereid.errors import ConfigError
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train_command(recipe: str | None, overrides: tuple[str, ...], resume: Path | None, device: str | None, as_json: bool) -> None:
     """Train RECIPE (a YAML file or the name of a shipped recipe) into runs/NAME."""
+    require_extra("torch", "train", "train")
     from edgereid.recipes import load_recipe
     from edgereid.training import train
 
@@ -73,6 +74,7 @@ def eval_command(
     as_json: bool,
 ) -> None:
     """Score CHECKPOINT (a .pt file or a run directory) on a query/gallery: mAP, CMC, mINP."""
+    require_extra("torch", "train", "eval")
     from edgereid.training import evaluate_checkpoint
 
     report = evaluate_checkpoint(
