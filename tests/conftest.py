@@ -7,6 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# pytest-xdist runs one worker per core: each worker's torch (and the processes it starts) must use one thread, or
+# the workers' thread pools fight over the cores and every test runs several times slower.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EDGEREID_SHARED_DATA", REPO.parent / "shared" / "data"))
 

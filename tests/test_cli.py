@@ -81,13 +81,16 @@ def test_formats_lists_every_reader() -> None:
     assert set(json.loads(result.output)) >= {"market1501", "market1501-holdout", "msmt17", "cuhk03", "veri776", "vehicle-reid", "folder"}
 
 
-def test_demo_quick_makes_data_and_reports(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(tmp_path / "demo")])
+@pytest.mark.parametrize("recipe", ["quickstart", "quickstart_mutual"])
+def test_demo_quick_makes_data_and_reports(tmp_path: Path, recipe: str) -> None:
+    result = CliRunner().invoke(cli, ["demo", "--quick", "--recipe", recipe, "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "data" / "query").is_dir()
-    run = tmp_path / "demo" / "runs" / "quickstart"
+    run = tmp_path / "demo" / "runs" / recipe
     assert {"recipe.yaml", "metrics.jsonl", "last.pt"} <= {path.name for path in run.iterdir()}
     assert "mAP" in result.output and "done" in result.output
+    if recipe == "quickstart_mutual":
+        assert "(r18)" in result.output and "(mnv3)" in result.output
 
 
 def test_training_commands_name_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:

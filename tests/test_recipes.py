@@ -19,6 +19,11 @@ SHIPPED = [
     "student_r18",
     "student_mobilenetv2",
     "student_efficientnet_lite0",
+    "mutual_r50_ibn_mobilenetv2",
+    "distill_r18",
+    "distill_efficientnet_lite0",
+    "distill_mobilenetv2",
+    "quickstart_mutual",
 ]
 
 
@@ -47,6 +52,15 @@ def test_shipped_recipes_carry_their_distinguishing_settings() -> None:
     assert sbs.solver.schedule.name == "cosine" and sbs.solver.schedule.delay_epochs > 0
     aligned = load_recipe("aligned_r50")
     assert aligned.model.local_branch is not None and aligned.losses.local_triplet.weight > 0
+    mutual = load_recipe("mutual_r50_ibn_mobilenetv2")
+    assert mutual.mutual is not None and (mutual.mutual.kl_weight, mutual.mutual.metric_weight) == (0.01, 0.001)
+    assert {name: config.backbone.name for name, config in mutual.networks().items()} == {
+        "mnv2": "mobilenetv2", "r50_ibn": "resnet50"
+    }
+    for student in ("r18", "efficientnet_lite0", "mobilenetv2"):
+        distill = load_recipe(f"distill_{student}")
+        assert distill.distill is not None and distill.model.backbone.name == student.replace("r18", "resnet18")
+        assert distill.data.size == load_recipe("bot_r50_ibn").data.size  # the default teacher's input size
     # Inherited from the base, overridden where the child says so.
     assert load_recipe("bot_r50_ibn").data.sampler.p == 16
 

@@ -19,7 +19,15 @@ QUICK_OVERRIDES = ("data.synthetic.ids=24", "solver.epochs=1", "solver.iters_per
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--quick", is_flag=True, help="A reduced run for CI: fewer identities, a few iterations.")
-def demo(out: Path, quick: bool) -> None:
+@click.option(
+    "--recipe",
+    "recipe_name",
+    type=click.Choice(["quickstart", "quickstart_mutual"]),
+    default="quickstart",
+    show_default=True,
+    help="quickstart_mutual trains two networks together (mutual learning) and evaluates each.",
+)
+def demo(out: Path, quick: bool, recipe_name: str) -> None:
     """Run the whole path on synthetic data: data → train → evaluate (→ export → verify → report, as they land)."""
     require_extra("torch", "train", "demo")
     from edgereid.recipes import load_recipe
@@ -27,7 +35,7 @@ def demo(out: Path, quick: bool) -> None:
 
     data_root = out / "data"
     overrides = [f"data.root={data_root}", f"train.output_dir={out / 'runs' / '{name}'}"]
-    recipe = load_recipe("quickstart", [*overrides, *(QUICK_OVERRIDES if quick else ())])
+    recipe = load_recipe(recipe_name, [*overrides, *(QUICK_OVERRIDES if quick else ())])
     synthetic = recipe.data.synthetic
     assert synthetic is not None, "the quickstart recipe generates its data"
 
@@ -39,17 +47,19 @@ def demo(out: Path, quick: bool) -> None:
     console.print(f"{summary.total_images} images in {summary.elapsed_s:.1f} s → {data_root}")
     _print_info(dataset_info(load_dataset(data_root, "market1501")))
 
-    console.rule(f"[bold]2. train: recipe {recipe.name} ({recipe.model.backbone.name}, {recipe.solver.epochs} epochs)")
+    networks = ", ".join(f"{name}: {config.backbone.name}" for name, config in recipe.networks().items())
+    console.rule(f"[bold]2. train: recipe {recipe.name} ({networks}, {recipe.solver.epochs} epochs)")
     result = train(recipe, console=console)
 
     console.rule("[bold]3. evaluate the checkpoint (flip test)")
-    report = evaluate_checkpoint(result.last_checkpoint, flip=True, device=recipe.train.device)
-    table = Table("metric", "value", title=f"{result.last_checkpoint}")
-    metrics = report.to_dict()
-    for key in ("mAP", "rank1", "rank5", "mINP"):
-        table.add_row(key, f"{metrics[key]:.2%}")
-    table.add_row("queries / gallery", f"{report.num_query} / {report.num_gallery}")
-    console.print(table)
+    for name in recipe.networks():
+        report = evaluate_checkpoint(result.last_checkpoint, flip=True, device=recipe.train.device, network=name)
+        table = Table("metric", "value", title=f"{result.last_checkpoint} ({name})")
+        metrics = report.to_dict()
+        for key in ("mAP", "rank1", "rank5", "mINP"):
+            table.add_row(key, f"{metrics[key]:.2%}")
+        table.add_row("queries / gallery", f"{report.num_query} / {report.num_gallery}")
+        console.print(table)
 
     console.rule("[bold]done")
     console.print(

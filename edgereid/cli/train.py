@@ -60,6 +60,7 @@ def train_command(recipe: str | None, overrides: tuple[str, ...], resume: Path |
 @click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--network", help="Which network of a mutual-learning checkpoint (default: its student).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_command(
     checkpoint: Path,
@@ -71,6 +72,7 @@ def eval_command(
     metric: str,
     device: str,
     batch_size: int,
+    network: str | None,
     as_json: bool,
 ) -> None:
     """Score CHECKPOINT (a .pt file or a run directory) on a query/gallery: mAP, CMC, mINP."""
@@ -87,12 +89,13 @@ def eval_command(
         metric="euclidean" if metric == "euclidean" else "cosine",
         device=device,
         batch_size=batch_size,
+        network=network,
     )
     summary = report.to_dict()
     if as_json:
         print_json(summary)
         return
-    table = Table("metric", "value", title=f"{report.checkpoint} on {report.data_root}")
+    table = Table("metric", "value", title=f"{report.checkpoint} ({report.network}) on {report.data_root}")
     for key in ("mAP", "rank1", "rank5", "rank10", "mINP"):
         if key in summary:
             table.add_row(key, f"{summary[key]:.2%}")

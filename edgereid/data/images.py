@@ -10,18 +10,16 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 from PIL import Image
 
+from edgereid.atomic import atomic_file
 from edgereid.data.readers import DatasetWarning
 from edgereid.data.records import ImageRecord
 from edgereid.errors import ConfigError, DataError
@@ -250,22 +248,7 @@ def _save_cache(cache_path: Path, key: str, decoded: DecodedImages, kept_rows: l
     # Without its index an array is never trusted, so dropping the old index first means a crash between the two
     # replacements leaves a cache that is rebuilt rather than one whose index describes another array.
     _index_path(cache_path).unlink(missing_ok=True)
-    with _atomic_file(cache_path) as file:
+    with atomic_file(cache_path) as file:
         np.save(file, decoded.images, allow_pickle=False)
-    with _atomic_file(_index_path(cache_path)) as file:
+    with atomic_file(_index_path(cache_path)) as file:
         file.write(json.dumps(index).encode())
-
-
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[Any]]:
-    """A temporary file beside ``path`` that replaces it only once it is completely written."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

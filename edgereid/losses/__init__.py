@@ -35,7 +35,7 @@ if TYPE_CHECKING:
         pairwise_circle_loss,
         triplet_loss,
     )
-    from edgereid.losses.mutual import kl_mutual_loss, metric_mutual_loss
+    from edgereid.losses.mutual import distillation_kl_loss, kl_mutual_loss, metric_mutual_loss
 
 # Name -> submodule, for the names that need torch.
 _LAZY = {
@@ -51,6 +51,7 @@ _LAZY = {
     "mined_triplet_loss": "metric",
     "pairwise_circle_loss": "metric",
     "triplet_loss": "metric",
+    "distillation_kl_loss": "mutual",
     "kl_mutual_loss": "mutual",
     "metric_mutual_loss": "mutual",
 }
@@ -68,6 +69,7 @@ __all__ = [
     "cosine_dist",
     "cross_entropy_label_smoothing",
     "distance_triplet_loss",
+    "distillation_kl_loss",
     "euclidean_dist",
     "feature_distances",
     "kl_mutual_loss",

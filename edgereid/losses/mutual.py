@@ -22,6 +22,20 @@ def kl_mutual_loss(logits: Tensor, peer_logits: Tensor, temperature: float = 1.0
     return divergence * temperature**2
 
 
+def distillation_kl_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, symmetric: bool = False
+) -> Tensor:
+    """``kl_mutual_loss`` from a teacher: ``T^2 * KL(teacher || student)``; ``symmetric`` averages it with the
+    reverse ``T^2 * KL(student || teacher)``. Only the student receives gradients, in both directions."""
+    forward = kl_mutual_loss(student_logits, teacher_logits, temperature)
+    if not symmetric:
+        return forward
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=1)
+    teacher_log_probs = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
+    reverse = F.kl_div(teacher_log_probs, student_log_probs, reduction="batchmean", log_target=True)
+    return 0.5 * (forward + reverse * temperature**2)
+
+
 def metric_mutual_loss(dist: Tensor, peer_dist: Tensor) -> Tensor:
     """Mean squared difference between a batch's (N, N) distance matrix and the peer's for the same batch."""
     return (dist - peer_dist.detach()).pow(2).mean()

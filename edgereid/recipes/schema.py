@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,6 +105,54 @@ class TrainConfig(_Strict):
     tensorboard: bool = True
 
 
+_NETWORK_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
+# The name of a recipe's one network when it trains only one (no ``mutual`` section).
+DEFAULT_NETWORK = "model"
+
+
+class MutualConfig(_Strict):
+    """Deep mutual learning: the recipe's ``model`` (named ``student``) and every network in ``peers`` train
+    together on the same P×K batches, each also learning from the others' outputs (peers detached)."""
+
+    student: str = Field("student", pattern=_NETWORK_NAME, description="the name of the recipe's `model`")
+    peers: dict[str, ModelConfig] = Field(description="the other networks, by name (at least one)")
+    kl_weight: float = Field(0.01, ge=0, description="classification mutual loss: KL of the peers' softened logits")
+    metric_weight: float = Field(0.001, ge=0, description="metric mutual loss: squared difference of distance matrices")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the KL (scaled by T^2)")
+
+    @model_validator(mode="after")
+    def _networks(self) -> MutualConfig:
+        if not self.peers:
+            raise ValueError(
+                "mutual learning needs at least 2 networks: the recipe's model and one or more in mutual.peers"
+            )
+        if self.student in self.peers:
+            raise ValueError(
+                f"mutual.peers names {self.student!r}, which is the student's name (mutual.student, the recipe's "
+                "model); give the peer another name"
+            )
+        bad = [name for name in self.peers if not re.match(_NETWORK_NAME, name)]
+        if bad:
+            raise ValueError(f"mutual.peers names {bad}; expected names of letters, digits, '_' and '-'")
+        return self
+
+
+class DistillConfig(_Strict):
+    """Teacher → student distillation: the recipe's ``model`` learns from a frozen network of a trained
+    checkpoint, on the same batches, with the same classes and input size."""
+
+    teacher: Path = Field(description="the teacher's checkpoint: a .pt file or a run directory (its last.pt)")
+    teacher_network: str | None = Field(None, description="which network of a mutual checkpoint (default its student)")
+    kl_weight: float = Field(0.01, ge=0, description="logit KL, teacher → student")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the KL (scaled by T^2)")
+    symmetric: bool = Field(False, description="average KL(teacher||student) and KL(student||teacher)")
+    metric_weight: float = Field(0.001, ge=0, description="metric mutual loss on the global distance matrices")
+    embedding_weight: float = Field(0.0, ge=0, description="MSE between the embeddings (through a projection)")
+    embedding_projection: bool = Field(
+        True, description="learn a linear projection when the embedding sizes differ; false makes that an error"
+    )
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run directory")
     description: str = ""
@@ -114,6 +163,26 @@ class Recipe(_Strict):
     losses: LossConfig = Field(default_factory=LossConfig)
     solver: SolverConfig = Field(default_factory=SolverConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    mutual: MutualConfig | None = None
+    distill: DistillConfig | None = None
+
+    @property
+    def student(self) -> str:
+        """The name of the recipe's ``model``: the network that evaluation and export take by default."""
+        return self.mutual.student if self.mutual is not None else DEFAULT_NETWORK
+
+    def networks(self) -> dict[str, ModelConfig]:
+        """Every network the recipe trains, by name: the student (``model``) first, then the mutual peers."""
+        peers = self.mutual.peers if self.mutual is not None else {}
+        return {self.student: self.model, **peers}
+
+    @model_validator(mode="after")
+    def _one_teaching_scheme(self) -> Recipe:
+        if self.mutual is not None and self.distill is not None:
+            raise ValueError(
+                "a recipe has either mutual (networks trained together) or distill (a frozen teacher), not both"
+            )
+        return self
 
     @model_validator(mode="after")
     def _schedule_within_training(self) -> Recipe:

@@ -1,12 +1,14 @@
 """Checkpoints: written atomically (a crash never leaves a half-written file in place of a good one), loaded with
 ``weights_only`` (a checkpoint cannot run code), and self-describing: the resolved recipe and the identity classes
-travel with the weights, so evaluation and export need nothing else."""
+travel with the weights, so evaluation and export need nothing else.
+
+A mutual-learning run trains several networks: ``model`` holds the student's weights (the recipe's ``model``, as in
+a single-network checkpoint), ``peers`` each other network's by name, and ``student`` says the student's name.
+"""
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,9 @@ from typing import Any
 
 import torch
 
+from edgereid.atomic import atomic_file
 from edgereid.errors import ConfigError, DataError
+from edgereid.modeling.config import ModelConfig
 from edgereid.recipes import Recipe, recipe_from_dict
 
 CHECKPOINT_FORMAT = "edgereid-checkpoint"
@@ -34,6 +38,25 @@ class Checkpoint:
     iteration: int
     metrics: dict[str, Any]
     training_state: dict[str, Any]
+    student: str
+    peer_states: dict[str, dict[str, torch.Tensor]]
+
+    @property
+    def network_names(self) -> list[str]:
+        """The networks it holds: the student first."""
+        return [self.student, *self.peer_states]
+
+    def network(self, name: str | None = None) -> tuple[str, ModelConfig, dict[str, torch.Tensor]]:
+        """A network's name, model configuration and weights; ``None`` is the student."""
+        name = self.student if name is None else name
+        if name not in self.network_names:
+            raise ConfigError(
+                f"checkpoint '{self.path}' has no network {name!r}; it holds {', '.join(self.network_names)} "
+                f"(student: {self.student})"
+            )
+        if name == self.student:
+            return name, self.recipe.model, self.model_state
+        return name, self.recipe.networks()[name], self.peer_states[name]
 
 
 def save_checkpoint(
@@ -46,12 +69,16 @@ def save_checkpoint(
     iteration: int,
     metrics: dict[str, Any],
     training_state: dict[str, Any],
+    peer_states: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
+    """``model_state`` is the student's (the recipe's ``model``); ``peer_states`` the mutual peers', by name."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "recipe": recipe.model_dump(mode="json"),
         "model": model_state,
+        "student": recipe.student,
+        "peers": dict(peer_states or {}),
         "num_classes": len(class_pids),
         "class_pids": list(class_pids),
         "epoch": epoch,
@@ -63,32 +90,25 @@ def save_checkpoint(
 
 
 def atomic_torch_save(payload: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as file:
+        torch.save(payload, file)
 
 
-def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
-    """Put the checkpoint's weights into ``model``; a checkpoint of another architecture gets a DataError."""
+def load_model_state(model: torch.nn.Module, checkpoint: Checkpoint, network: str | None = None) -> None:
+    """Put the weights of the checkpoint's ``network`` (default: the student) into ``model``; a checkpoint of
+    another architecture gets a DataError."""
+    name, _, state = checkpoint.network(network)
+    what = f"checkpoint '{checkpoint.path}'" if not checkpoint.peer_states else (
+        f"network {name!r} of checkpoint '{checkpoint.path}'"
+    )
     try:
-        missing, unexpected = model.load_state_dict(checkpoint.model_state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # size mismatches
         first = str(error).strip().splitlines()[1:2] or [str(error)]
-        raise DataError(
-            f"checkpoint '{checkpoint.path}' does not fit the model its recipe describes: {first[0].strip()}"
-        ) from None
+        raise DataError(f"{what} does not fit the model its recipe describes: {first[0].strip()}") from None
     if missing or unexpected:
         raise DataError(
-            f"checkpoint '{checkpoint.path}' does not fit the model its recipe describes: missing keys "
+            f"{what} does not fit the model its recipe describes: missing keys "
             f"{list(missing)[:5]}, unexpected keys {list(unexpected)[:5]}"
         )
 
@@ -123,6 +143,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         recipe = recipe_from_dict(payload["recipe"], f"the recipe saved in checkpoint '{path}'")
     except ConfigError as error:
         raise DataError(str(error)) from None
+    student = str(payload.get("student", recipe.student))
+    peer_states = dict(payload.get("peers", {}))
+    if [student, *peer_states] != list(recipe.networks()):
+        raise DataError(
+            f"checkpoint '{path}' holds the networks {[student, *peer_states]}, but its recipe describes "
+            f"{list(recipe.networks())}"
+        )
     return Checkpoint(
         path=path,
         recipe=recipe,
@@ -133,4 +160,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         iteration=int(payload["iteration"]),
         metrics=dict(payload["metrics"]),
         training_state=dict(payload["training_state"]),
+        # Checkpoints written before mutual learning hold one network, the recipe's model.
+        student=student,
+        peer_states=peer_states,
     )

@@ -22,16 +22,19 @@ from edgereid.training.inference import embed_images
 from edgereid.training.trainer import resolve_device
 
 
-def build_model(checkpoint: Checkpoint, device: torch.device | str = "cpu") -> ReIDModel:
-    """The checkpoint's model with its weights, in eval mode, on ``device``."""
-    model = create_model(checkpoint.recipe.model, num_classes=checkpoint.num_classes)
-    load_model_state(model, checkpoint)
+def build_model(checkpoint: Checkpoint, device: torch.device | str = "cpu", network: str | None = None) -> ReIDModel:
+    """The checkpoint's model with its weights, in eval mode, on ``device``: the network named ``network`` of a
+    mutual-learning checkpoint (default: the student); an unknown name is a ConfigError listing the names."""
+    _, config, _ = checkpoint.network(network)
+    model = create_model(config, num_classes=checkpoint.num_classes)
+    load_model_state(model, checkpoint, network)
     return model.to(device).eval()
 
 
 @dataclass(frozen=True)
 class EvaluationReport:
     checkpoint: Path
+    network: str
     data_root: Path
     num_query: int
     num_gallery: int
@@ -47,6 +50,7 @@ class EvaluationReport:
         summary.pop("cmc")
         return {
             "checkpoint": str(self.checkpoint),
+            "network": self.network,
             "data_root": str(self.data_root),
             "num_query": self.num_query,
             "num_gallery": self.num_gallery,
@@ -71,14 +75,17 @@ def evaluate_checkpoint(
     metric: Metric = "cosine",
     device: str = "auto",
     batch_size: int = 128,
+    network: str | None = None,
 ) -> EvaluationReport:
     """Score a checkpoint on the query/gallery of ``data_root`` (default: the data it was trained with).
 
     ``data_format`` replaces the recipe's format (and drops its reader options and holdout); ``flip`` defaults to
-    the recipe's ``train.flip_test``.
+    the recipe's ``train.flip_test``; ``network`` picks a network of a mutual-learning checkpoint (default: the
+    student).
     """
     started = time.perf_counter()
     checkpoint = load_checkpoint(checkpoint_path)
+    network_name, _, _ = checkpoint.network(network)
     data = checkpoint.recipe.data
     if data_root is not None:
         data = data.model_copy(update={"root": Path(data_root), "synthetic": None})
@@ -91,7 +98,7 @@ def evaluate_checkpoint(
             f"gallery: {len(dataset.gallery)} images)"
         )
     torch_device = resolve_device(device)
-    model = build_model(checkpoint, torch_device)
+    model = build_model(checkpoint, torch_device, network_name)
     transform = EvalTransform(data.size, data.mean, data.std)
     use_flip = checkpoint.recipe.train.flip_test if flip is None else flip
     query = decode_split(dataset.query, data, "query")
@@ -105,6 +112,7 @@ def evaluate_checkpoint(
     )
     return EvaluationReport(
         checkpoint=checkpoint.path,
+        network=network_name,
         data_root=Path(data.root),
         num_query=len(query.records),
         num_gallery=len(gallery.records),

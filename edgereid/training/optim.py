@@ -4,7 +4,7 @@ linear warm-up, then multistep, cosine (optionally after a delay) or constant, a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -13,21 +13,26 @@ from torch.optim.lr_scheduler import LambdaLR
 from edgereid.recipes.schema import SolverConfig
 
 
-def build_optimizer(model: nn.Module, solver: SolverConfig, head_modules: tuple[str, ...] = ("heads",)) -> torch.optim.Optimizer:
-    """One parameter group per (head or not, bias or not), each with its own learning rate.
+def build_optimizer(
+    model: nn.Module | Sequence[nn.Module], solver: SolverConfig, head_modules: tuple[str, ...] = ("heads",)
+) -> torch.optim.Optimizer:
+    """One parameter group per (head or not, bias or not), each with its own learning rate; with several modules
+    (networks trained together), those groups for each module in turn.
 
     Parameters that never train (the BN-neck's frozen bias) are left out. A group's ``base_lr_factor`` records its
     factor so the schedule and logs can tell the groups apart.
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        is_head = name.split(".", 1)[0] in head_modules
-        is_bias = name.endswith(".bias")
-        groups.setdefault((is_head, is_bias), []).append(parameter)
+    modules = [model] if isinstance(model, nn.Module) else list(model)
+    groups: dict[tuple[int, bool, bool], list[nn.Parameter]] = {}
+    for index, module in enumerate(modules):
+        for name, parameter in module.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            is_head = name.split(".", 1)[0] in head_modules
+            is_bias = name.endswith(".bias")
+            groups.setdefault((index, is_head, is_bias), []).append(parameter)
     param_groups = []
-    for (is_head, is_bias), parameters in sorted(groups.items()):
+    for (_, is_head, is_bias), parameters in sorted(groups.items()):
         factor = (solver.head_lr_factor if is_head else 1.0) * (solver.bias_lr_factor if is_bias else 1.0)
         param_groups.append({"params": parameters, "lr": solver.lr * factor, "weight_decay": solver.weight_decay})
     # The fused kernels update every tensor in one pass: over ten times faster than the default on CPU.

@@ -2,6 +2,10 @@
 the recipe's losses, warm-up and schedule, backbone freeze, AMP on GPU, periodic evaluation, metrics to JSONL and
 TensorBoard, atomic checkpoints and exact resume, one process or many under ``torchrun``.
 
+Mutual learning trains every network of ``recipe.networks()`` on the same augmented batches; distillation trains
+the recipe's model against a frozen teacher (`edgereid.training.teaching`). Evaluation scores every network; the
+best checkpoint is the student's best.
+
 On a GPU a step never waits for the host: the epoch's batch indices are copied to the device once, losses are
 summed on the device and read back only every ``train.log_period`` iterations.
 """
@@ -10,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -25,13 +28,13 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from edgereid.atomic import atomic_copy, atomic_write_text
 from edgereid.data import ReIDDataset
 from edgereid.data.images import DecodedImages
 from edgereid.data.sampler import PKSampler
 from edgereid.data.transforms import BatchAugment, EvalTransform
 from edgereid.errors import ConfigError, EdgeReIDError
 from edgereid.evaluation.features import evaluate_features
-from edgereid.losses import ReIDCriterion
 from edgereid.modeling import ReIDModel, create_model
 from edgereid.recipes import Recipe, recipe_from_dict, recipe_to_yaml
 from edgereid.training.checkpoint import Checkpoint, load_checkpoint, load_model_state, save_checkpoint
@@ -45,6 +48,7 @@ from edgereid.training.data import (
 from edgereid.training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from edgereid.training.inference import embed_images
 from edgereid.training.optim import build_optimizer, build_scheduler
+from edgereid.training.teaching import TrainingObjective, load_teacher, teacher_outputs
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -190,7 +194,7 @@ class _TrainingLoop:
         else:
             run_dir = Path(context.broadcast(str(new_run_dir(recipe.train.output_dir, recipe.name)) if context.is_main else None))
         if context.is_main:
-            _write_text_atomically(run_dir / RECIPE_FILE, recipe_to_yaml(recipe))
+            atomic_write_text(run_dir / RECIPE_FILE, recipe_to_yaml(recipe))
             console.print(f"[bold]run[/] {run_dir}  [dim]device {self.device}, {context.world_size} process(es)[/]")
 
         if context.is_main:
@@ -210,11 +214,24 @@ class _TrainingLoop:
         targets = torch.from_numpy(classes.targets(decoded.records)).to(self.device)
         eval_data = self._eval_data(dataset) if context.is_main else None
 
-        model = create_model(recipe.model, num_classes=len(classes.pids)).to(self.device)
+        # The student first: a single-network run builds its model from the same random state as ever.
+        networks = {
+            name: create_model(config, num_classes=len(classes.pids)).to(self.device)
+            for name, config in recipe.networks().items()
+        }
         if self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        frozen = _frozen_modules(model, recipe.solver.freeze.modules) if recipe.solver.freeze.iters else []
-        optimizer = build_optimizer(model, recipe.solver)
+            networks = {name: network.to(memory_format=torch.channels_last) for name, network in networks.items()}
+        model = networks[recipe.student]
+        teacher = load_teacher(recipe, classes.pids, self.device) if recipe.distill is not None else None
+        objective = TrainingObjective(recipe, model.feature_dim, teacher)
+        projection = objective.projection.to(self.device) if objective.projection is not None else None
+        trainable: list[nn.Module] = [*networks.values(), *([projection] if projection is not None else [])]
+        frozen = (
+            [module for network in networks.values() for module in _frozen_modules(network, recipe.solver.freeze.modules)]
+            if recipe.solver.freeze.iters
+            else []
+        )
+        optimizer = build_optimizer(trainable, recipe.solver)
         sampler = PKSampler(
             targets.tolist(),
             recipe.data.sampler.p,
@@ -231,8 +248,11 @@ class _TrainingLoop:
 
         start_epoch, iteration, best = 0, 0, None
         if self.resumed is not None:
-            load_model_state(model, self.resumed)
+            for name, network in networks.items():
+                load_model_state(network, self.resumed, name)
             state = self.resumed.training_state
+            if projection is not None:
+                projection.load_state_dict(state["projection"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
@@ -244,15 +264,15 @@ class _TrainingLoop:
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
             start_epoch, iteration = self.resumed.epoch, self.resumed.iteration
             best = state.get("best")
-        trained: nn.Module = model
+        trained: dict[str, nn.Module] = dict(networks)
         if context.enabled:
-            trained = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            trained = {name: DistributedDataParallel(network, device_ids=device_ids) for name, network in networks.items()}
 
-        self.run_dir, self.model, self.classes = run_dir, model, classes
+        self.run_dir, self.networks, self.projection, self.classes = run_dir, networks, projection, classes
         self.optimizer, self.scheduler, self.scaler, self.sampler, self.generator = (
             optimizer, scheduler, scaler, sampler, generator
         )
-        criterion = ReIDCriterion(recipe.losses)
         batches = _endless(sampler)
         last_metrics: dict[str, Any] | None = None
         writer = _TensorBoard(run_dir, recipe.train.tensorboard and context.is_main)
@@ -266,7 +286,8 @@ class _TrainingLoop:
                 plan = plan.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else plan
                 sums: dict[str, torch.Tensor] = {}
                 window_start, window_iters = time.perf_counter(), 0
-                trained.train()
+                for module in trained.values():
+                    module.train()
                 for step in range(iters_per_epoch):
                     in_freeze = iteration < recipe.solver.freeze.iters
                     for module in frozen:
@@ -277,8 +298,12 @@ class _TrainingLoop:
                         inputs = inputs.contiguous(memory_format=torch.channels_last)
                     batch_targets = targets[batch]
                     with self._autocast():
-                        outputs = trained(inputs, batch_targets)
-                    total, parts = criterion(_float_outputs(outputs), batch_targets)
+                        outputs = {name: network(inputs, batch_targets) for name, network in trained.items()}
+                        taught = teacher_outputs(teacher, inputs) if teacher is not None else None
+                    totals, parts = objective(
+                        {name: _float_outputs(out) for name, out in outputs.items()}, batch_targets, taught
+                    )
+                    total = torch.stack(list(totals.values())).sum()
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(total).backward()
                     if in_freeze:
@@ -287,7 +312,8 @@ class _TrainingLoop:
                                 parameter.grad = None
                     if recipe.solver.clip_grad_norm is not None:
                         scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.solver.clip_grad_norm)
+                        for module in trainable:
+                            torch.nn.utils.clip_grad_norm_(module.parameters(), recipe.solver.clip_grad_norm)
                     scaler.step(optimizer)
                     scaler.update()
                     scheduler.step()
@@ -325,10 +351,13 @@ class _TrainingLoop:
                 if eval_data is not None and ((epoch + 1) % recipe.train.eval_period == 0 or is_last):
                     evaluated = {"epoch": epoch + 1, "iteration": iteration, **self._evaluate(eval_data)}
                     _log(metrics_file, writer, "eval", evaluated)
-                    console.print(
-                        f"epoch {epoch + 1}: mAP {evaluated['mAP']:.2%}  rank-1 {evaluated['rank1']:.2%}  "
-                        f"mINP {evaluated['mINP']:.2%}"
-                    )
+                    for name in networks:
+                        suffix = "" if name == recipe.student else f"/{name}"
+                        label = f" {name}" if len(networks) > 1 else ""
+                        console.print(
+                            f"epoch {epoch + 1}{label}: mAP {evaluated['mAP' + suffix]:.2%}  "
+                            f"rank-1 {evaluated['rank1' + suffix]:.2%}  mINP {evaluated['mINP' + suffix]:.2%}"
+                        )
                     last_metrics = evaluated
                     if best is None or evaluated["mAP"] > best["mAP"]:
                         best = evaluated
@@ -361,18 +390,22 @@ class _TrainingLoop:
         )
 
     def _evaluate(self, eval_data: tuple[DecodedImages, DecodedImages]) -> dict[str, Any]:
+        """Every network's scores: the student's as ``mAP``, ``rank1``…, a peer's as ``mAP/NAME``…"""
         data = self.recipe.data
         transform = EvalTransform(data.size, data.mean, data.std)
         query, gallery = eval_data
-        with self._autocast():
-            query_features = embed_images(self.model, query.images, transform, self.device, flip=self.recipe.train.flip_test)
-            gallery_features = embed_images(
-                self.model, gallery.images, transform, self.device, flip=self.recipe.train.flip_test
-            )
-        result = evaluate_features(query_features, gallery_features, query.records, gallery.records)
-        summary = result.to_dict()
-        summary.pop("cmc")
-        return summary
+        scores: dict[str, Any] = {}
+        for name, network in self.networks.items():
+            flip = self.recipe.train.flip_test
+            with self._autocast():
+                query_features = embed_images(network, query.images, transform, self.device, flip=flip)
+                gallery_features = embed_images(network, gallery.images, transform, self.device, flip=flip)
+            result = evaluate_features(query_features, gallery_features, query.records, gallery.records)
+            summary = result.to_dict()
+            summary.pop("cmc")
+            suffix = "" if name == self.recipe.student else f"/{name}"
+            scores.update({f"{key}{suffix}": value for key, value in summary.items()})
+        return scores
 
     def _save(
         self, epoch: int, iteration: int, best: dict[str, Any] | None, evaluated: dict[str, Any] | None, improved: bool
@@ -390,7 +423,10 @@ class _TrainingLoop:
             save_checkpoint(
                 last,
                 recipe=self.recipe,
-                model_state=self.model.state_dict(),
+                model_state=self.networks[self.recipe.student].state_dict(),
+                peer_states={
+                    name: network.state_dict() for name, network in self.networks.items() if name != self.recipe.student
+                },
                 class_pids=self.classes.pids,
                 epoch=epoch,
                 iteration=iteration,
@@ -402,13 +438,14 @@ class _TrainingLoop:
                     "samplers": samplers,
                     "rng": rngs,
                     "best": best,
+                    "projection": self.projection.state_dict() if self.projection is not None else None,
                 },
             )
             period = self.recipe.train.checkpoint_period
             if period is not None and epoch % period == 0:
-                _copy_atomically(last, self.run_dir / f"epoch_{epoch:04d}.pt")
+                atomic_copy(last, self.run_dir / f"epoch_{epoch:04d}.pt")
             if improved:
-                _copy_atomically(last, self.run_dir / "best.pt")
+                atomic_copy(last, self.run_dir / "best.pt")
         context.barrier()
 
 
@@ -486,7 +523,7 @@ def _open_metrics(run_dir: Path, enabled: bool, resumed_at: int) -> AbstractCont
             for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
             if _is_complete_entry(line) and json.loads(line)["iteration"] <= resumed_at
         ]
-        _write_text_atomically(path, "".join(kept))
+        atomic_write_text(path, "".join(kept))
     return path.open("a", encoding="utf-8")
 
 
@@ -503,15 +540,3 @@ def _log(metrics_file: TextIO | None, writer: _TensorBoard, kind: str, values: d
         metrics_file.write(json.dumps({"kind": kind, **values}) + "\n")
         metrics_file.flush()
     writer.add(kind, values)
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    temporary = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source, temporary)
-    temporary.replace(target)

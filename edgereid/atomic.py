@@ -1,0 +1,38 @@
+"""Writing files so that a crash or a kill never leaves a half-written one in place of a good one: everything is
+written to a temporary file beside its target, flushed to disk, and renamed over the target in one step."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[IO[Any]]:
+    """A binary file to write; it replaces ``path`` only once the block has completed without an exception."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as file:
+        file.write(text.encode("utf-8"))
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    with atomic_file(target) as file, source.open("rb") as original:
+        shutil.copyfileobj(original, file)
