@@ -42,12 +42,14 @@ def cli() -> None:
 def _register_commands() -> None:
     from edgereid.cli.data import data
     from edgereid.cli.demo import demo
+    from edgereid.cli.export import export_command
     from edgereid.cli.train import eval_command, train_command
 
     cli.add_command(data)
     cli.add_command(demo)
     cli.add_command(train_command)
     cli.add_command(eval_command)
+    cli.add_command(export_command)
 
 
 _register_commands()

@@ -1,0 +1,417 @@
+"""Checkpoint → export bundle: a directory with the folded model as ONNX at each precision asked for and a
+``manifest.json`` that tells a runtime everything it needs (input size, normalisation, feature size, files and
+their sha256), written atomically: it is built in a temporary directory beside its destination and renamed into
+place, so a failed export never leaves a half-written bundle.
+
+``verify_bundle`` scores every model of a bundle with ONNX Runtime (the reference runtime for accuracy) on the
+query/gallery of the recipe's data and compares with the PyTorch checkpoint: per-image cosine similarity of the
+embeddings and mAP/rank-1.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgereid import __version__
+from edgereid.errors import ConfigError, DataError, EdgeReIDError
+
+if TYPE_CHECKING:
+    import torch
+
+# Not imported from onnx_export (which needs torch): reading a bundle needs numpy and onnxruntime only.
+INPUT_NAME = "images"
+OUTPUT_NAME = "embeddings"
+
+
+class ExportError(EdgeReIDError):
+    """The model could not be turned into a valid ONNX file (or a reduced-precision one)."""
+
+    exit_code = 1
+
+BUNDLE_FORMAT = "edgereid-bundle"
+BUNDLE_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+# |ΔmAP| in mAP points (percent) that verification accepts against the PyTorch checkpoint, per precision; INT8 is
+# reported, not judged, until a calibration study sets its bar.
+MAP_TOLERANCE_POINTS: dict[str, float | None] = {"fp32": 0.1, "fp16": 0.5, "int8": None}
+
+
+def model_file_name(precision: str) -> str:
+    return f"model.{precision}.onnx"
+
+
+@dataclass(frozen=True)
+class ExportBundle:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def precisions(self) -> list[str]:
+        """The bundle's precisions, FP32 (the reference) first."""
+        return [precision for precision in PRECISIONS if precision in self.manifest["models"]]
+
+    def model_path(self, precision: str) -> Path:
+        if precision not in self.manifest["models"]:
+            raise ConfigError(
+                f"bundle '{self.path}' has no {precision!r} model; it has {', '.join(self.manifest['models'])}"
+            )
+        return self.path / self.manifest["models"][precision]["file"]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        spec = self.manifest["input"]
+        return int(spec["height"]), int(spec["width"])
+
+
+def load_bundle(path: str | Path) -> ExportBundle:
+    """The bundle at ``path``, its manifest checked for format and version, its model files for their sha256."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise DataError(f"'{path}' is not an export bundle: it has no {MANIFEST_NAME}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"'{manifest_path}' cannot be read ({type(error).__name__}: {error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise DataError(f"'{manifest_path}' is not an edgereid bundle manifest (format '{BUNDLE_FORMAT}')")
+    if manifest.get("format_version") != BUNDLE_VERSION:
+        raise DataError(
+            f"bundle '{path}' has format version {manifest.get('format_version')}; this edgereid reads version "
+            f"{BUNDLE_VERSION}"
+        )
+    for precision, entry in manifest["models"].items():
+        file = path / entry["file"]
+        if not file.is_file():
+            raise DataError(f"bundle '{path}' lists {entry['file']} ({precision}) but the file is missing")
+        if sha256_file(file) != entry["sha256"]:
+            raise DataError(f"bundle '{path}': {entry['file']} does not match the sha256 in its manifest")
+    return ExportBundle(path, manifest)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_precisions(precisions: Sequence[str]) -> list[str]:
+    """``precisions`` in order, without repeats; an unknown one is a ConfigError naming it."""
+    if isinstance(precisions, str):
+        precisions = [precisions]
+    wanted: list[str] = []
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if precision not in wanted:
+            wanted.append(precision)
+    if not wanted:
+        raise ConfigError(f"no precision to export; give at least one of {', '.join(PRECISIONS)}")
+    if "fp32" not in wanted:
+        wanted.insert(0, "fp32")  # the other precisions are converted from it, and it is the reference
+    return wanted
+
+
+def _check_destination(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"export destination '{out_dir}' exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"export destination '{out_dir}' exists and is not empty; choose another --out or pass --overwrite"
+        )
+
+
+def _install_directory(built: Path, out_dir: Path) -> None:
+    """Rename ``built`` to ``out_dir``; an existing ``out_dir`` is moved aside first and removed after."""
+    old: Path | None = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+        os.replace(out_dir, old / out_dir.name)
+    try:
+        os.replace(built, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old / out_dir.name, out_dir)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _random_parity(model: torch.nn.Module, onnx_path: Path, input_size: tuple[int, int]) -> dict[str, float]:
+    """ORT vs torch on a seeded random batch: the export's own check, which needs no data."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 3, *input_size, generator=generator)
+    with torch.no_grad():
+        expected = model(images).float().numpy()
+    actual = _session(onnx_path).run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    return {
+        "max_abs_diff": float(np.abs(actual - expected).max()),
+        "cosine_min": float(_cosine(actual, expected).min()),
+    }
+
+
+def export_checkpoint(
+    checkpoint_path: str | Path,
+    out_dir: str | Path,
+    *,
+    precisions: Sequence[str] = ("fp32",),
+    network: str | None = None,
+    opset: int = 17,
+    overwrite: bool = False,
+    verify: bool = False,
+    data_root: str | Path | None = None,
+    max_images: int | None = None,
+    calibration_images: int | None = None,
+    calibration_seed: int = 0,
+) -> ExportBundle:
+    """Export the checkpoint (a .pt file or a run directory) to a bundle at ``out_dir``.
+
+    ``out_dir`` must not exist or be empty unless ``overwrite``. FP32 is always exported (the reference); with
+    ``verify`` the bundle's models are scored by :func:`verify_bundle` and the results go into the manifest.
+    ``calibration_images``/``calibration_seed`` pick INT8's calibration set from the train split.
+    """
+    from edgereid.export.fold import fold_batchnorm_with_report
+    from edgereid.export.onnx_export import atomic_write_bytes, export_onnx
+    from edgereid.training.checkpoint import load_checkpoint
+    from edgereid.training.evaluate import build_model
+
+    wanted = check_precisions(precisions)
+    out_dir = Path(out_dir)
+    _check_destination(out_dir, overwrite)
+    checkpoint = load_checkpoint(checkpoint_path)
+    network_name, model_config, _ = checkpoint.network(network)
+    model = build_model(checkpoint, "cpu", network=network) if network is not None else build_model(checkpoint, "cpu")
+    started = time.perf_counter()
+    folded, fold_report = fold_batchnorm_with_report(model)
+    data = checkpoint.recipe.data
+    input_size = (int(data.size[0]), int(data.size[1]))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building.", dir=out_dir.parent))
+    try:
+        models: dict[str, dict[str, Any]] = {}
+        fp32_path = built / model_file_name("fp32")
+        graph = export_onnx(folded, fp32_path, input_size, opset=opset)
+        parity = {"fp32": _random_parity(model, fp32_path, input_size)}
+        timings = {"fp32_s": round(time.perf_counter() - started, 3)}
+        extra: dict[str, dict[str, Any]] = {}
+        for precision in wanted[1:]:
+            precision_started = time.perf_counter()
+            target = built / model_file_name(precision)
+            if precision == "fp16":
+                from edgereid.export.precision import convert_fp16
+
+                extra[precision] = convert_fp16(fp32_path, target)
+            else:
+                from edgereid.export.precision import quantize_int8
+
+                extra[precision] = quantize_int8(
+                    fp32_path,
+                    target,
+                    checkpoint.recipe.data,
+                    num_images=calibration_images,
+                    seed=calibration_seed,
+                )
+            parity[precision] = _random_parity(model, target, input_size)
+            timings[f"{precision}_s"] = round(time.perf_counter() - precision_started, 3)
+        for precision in wanted:
+            file = built / model_file_name(precision)
+            models[precision] = {
+                "file": file.name,
+                "sha256": sha256_file(file),
+                "bytes": file.stat().st_size,
+                **extra.get(precision, {}),
+            }
+        manifest: dict[str, Any] = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "edgereid_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "recipe": checkpoint.recipe.name,
+            "network": network_name,
+            "backbone": model_config.backbone.name,
+            "ibn": model_config.backbone.ibn,
+            "input": {
+                "name": INPUT_NAME,
+                "layout": "NCHW",
+                "dtype": "float32",
+                "color": "RGB",
+                "height": input_size[0],
+                "width": input_size[1],
+                "scale": 1.0 / 255.0,
+                "mean": list(data.mean),
+                "std": list(data.std),
+                "dynamic_batch": graph["dynamic_batch"],
+            },
+            "output": {"name": OUTPUT_NAME, "feature_dim": graph["feature_dim"], "normalized": False},
+            "test": {"flip": checkpoint.recipe.train.flip_test, "metric": "cosine"},
+            "opset": opset,
+            "simplifier": graph["simplifier"],
+            "folded": True,
+            "fold": {"folded": len(fold_report.folded), "kept": fold_report.kept},
+            "models": models,
+            "parity_random_input": parity,
+            "source": {
+                "checkpoint": str(checkpoint.path.resolve()),
+                "epoch": checkpoint.epoch,
+                "iteration": checkpoint.iteration,
+                "metrics": checkpoint.metrics,
+            },
+            "timings": timings,
+            "verification": None,
+        }
+        if verify:
+            manifest["verification"] = verify_bundle(
+                ExportBundle(built, manifest), data_root=data_root, max_images=max_images, model=model
+            )
+        atomic_write_bytes((json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode(), built / MANIFEST_NAME)
+        _install_directory(built, out_dir)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        raise
+    return ExportBundle(out_dir, manifest)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.asarray((a * b).sum(axis=1) / np.maximum(denominator, 1e-12))
+
+
+def preprocess(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """N×H×W×3 uint8 RGB (already at the input size) → N×3×H×W float32, as EvalTransform computes it."""
+    x = images.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def embed_onnx(
+    session: Any, images: np.ndarray, mean: Sequence[float], std: Sequence[float], *, batch_size: int = 64,
+    flip: bool = False,
+) -> np.ndarray:
+    """float32 (N, D) embeddings of N×H×W×3 uint8 images from an ONNX Runtime session of a bundle model."""
+    features = []
+    for start in range(0, len(images), batch_size):
+        inputs = preprocess(images[start : start + batch_size], mean, std)
+        output = session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0].astype(np.float32)
+        if flip:
+            mirrored = np.ascontiguousarray(inputs[..., ::-1])
+            output = (output + session.run([OUTPUT_NAME], {INPUT_NAME: mirrored})[0].astype(np.float32)) / 2
+        features.append(output)
+    return np.concatenate(features)
+
+
+def verify_bundle(
+    bundle: ExportBundle | str | Path,
+    data_root: str | Path | None = None,
+    max_images: int | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    precisions: Sequence[str] | None = None,
+    batch_size: int = 64,
+    model: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """Score the bundle's models with ONNX Runtime (CPU) against the PyTorch checkpoint it came from.
+
+    The data is the recipe's query/gallery (``data_root`` replaces its root; ``max_images`` keeps the first N of
+    each split, for both sides alike). Flip averaging follows the recipe's ``train.flip_test``, as
+    ``edgereid eval``. Returns ``{"torch": {mAP, rank1}, "precisions": {p: {mAP, rank1, delta_mAP_points,
+    cosine_min, cosine_mean, max_abs_diff, images_per_s, tolerance_mAP_points, passed}}, "passed", ...}``; mAP and
+    rank-1 as fractions, deltas in mAP points (percent).
+    """
+    import torch
+
+    from edgereid.data.transforms import EvalTransform
+    from edgereid.evaluation.features import evaluate_features
+    from edgereid.training.checkpoint import load_checkpoint
+    from edgereid.training.data import decode_split, prepare_dataset
+    from edgereid.training.evaluate import build_model
+    from edgereid.training.inference import embed_images
+
+    if not isinstance(bundle, ExportBundle):
+        bundle = load_bundle(bundle)
+    manifest = bundle.manifest
+    wanted = list(bundle.precisions) if precisions is None else [p for p in check_precisions(precisions)]
+    source = load_checkpoint(checkpoint if checkpoint is not None else manifest["source"]["checkpoint"])
+    if model is None:
+        model = build_model(source, "cpu", network=manifest["network"])
+    data = source.recipe.data
+    if data_root is not None:
+        data = data.model_copy(update={"root": Path(data_root), "synthetic": None})
+    if tuple(data.size) != bundle.input_size:
+        raise DataError(f"the checkpoint's input size {tuple(data.size)} differs from the bundle's {bundle.input_size}")
+    dataset = prepare_dataset(data)
+    if not dataset.query or not dataset.gallery:
+        raise DataError(f"data set '{data.root}' has no query or no gallery split to verify on")
+    query_records = list(dataset.query)[:max_images] if max_images else list(dataset.query)
+    gallery_records = list(dataset.gallery)[:max_images] if max_images else list(dataset.gallery)
+    query = decode_split(query_records, data, "query-verify" if max_images else "query")
+    gallery = decode_split(gallery_records, data, "gallery-verify" if max_images else "gallery")
+    flip = bool(manifest["test"]["flip"])
+    mean, std = manifest["input"]["mean"], manifest["input"]["std"]
+    transform = EvalTransform(data.size, data.mean, data.std)
+    device = torch.device("cpu")
+    torch_query = embed_images(model, query.images, transform, device, batch_size=batch_size, flip=flip)
+    torch_gallery = embed_images(model, gallery.images, transform, device, batch_size=batch_size, flip=flip)
+    reference = evaluate_features(torch_query, torch_gallery, query.records, gallery.records)
+    results: dict[str, Any] = {}
+    for precision in wanted:
+        session = _session(bundle.model_path(precision))
+        started = time.perf_counter()
+        ort_query = embed_onnx(session, query.images, mean, std, batch_size=batch_size, flip=flip)
+        ort_gallery = embed_onnx(session, gallery.images, mean, std, batch_size=batch_size, flip=flip)
+        elapsed = time.perf_counter() - started
+        scored = evaluate_features(ort_query, ort_gallery, query.records, gallery.records)
+        cosine = _cosine(np.concatenate([ort_query, ort_gallery]), np.concatenate([torch_query, torch_gallery]))
+        delta = (scored.mAP - reference.mAP) * 100.0
+        tolerance = MAP_TOLERANCE_POINTS[precision]
+        results[precision] = {
+            "mAP": float(scored.mAP),
+            "rank1": float(scored.rank1),
+            "delta_mAP_points": float(delta),
+            "delta_rank1_points": float((scored.rank1 - reference.rank1) * 100.0),
+            "cosine_min": float(cosine.min()),
+            "cosine_mean": float(cosine.mean()),
+            "max_abs_diff": float(
+                np.abs(np.concatenate([ort_query, ort_gallery]) - np.concatenate([torch_query, torch_gallery])).max()
+            ),
+            "images_per_s": float((len(query.images) + len(gallery.images)) * (2 if flip else 1) / elapsed),
+            "tolerance_mAP_points": tolerance,
+            "passed": None if tolerance is None else bool(abs(delta) <= tolerance),
+        }
+    return {
+        "runtime": "onnxruntime CPUExecutionProvider",
+        "data_root": str(data.root),
+        "num_query": len(query.records),
+        "num_gallery": len(gallery.records),
+        "flip": flip,
+        "torch": {"mAP": float(reference.mAP), "rank1": float(reference.rank1)},
+        "precisions": results,
+        "passed": all(entry["passed"] is not False for entry in results.values()),
+    }

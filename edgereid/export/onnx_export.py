@@ -1,0 +1,135 @@
+"""A model's eval forward as an ONNX file: ``images`` (B×3×H×W float32, normalised) → ``embeddings`` (B×D float32),
+simplified (onnxsim, onnxslim where onnxsim fails), checked, and written atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from edgereid.export.bundle import INPUT_NAME, OUTPUT_NAME, ExportError
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(nn.Module):
+    """The graph that is exported: the model's test embedding, as ``edgereid eval`` computes it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        extract = getattr(self.model, "extract", None)
+        if extract is not None:
+            output: Tensor = extract(images)["embedding"]
+            return output
+        result: Tensor = self.model(images)
+        return result
+
+
+def _simplify(model: Any) -> tuple[Any, str]:
+    """``model`` simplified by onnxsim, or onnxslim where onnxsim fails; the tool's name, or 'none'."""
+    try:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(model)
+        if ok:
+            return simplified, "onnxsim"
+        log.warning("onnxsim could not validate its simplification; trying onnxslim")
+    except Exception as error:  # noqa: BLE001  # any onnxsim failure falls back to onnxslim
+        log.warning("onnxsim failed (%s: %s); trying onnxslim", type(error).__name__, error)
+    try:
+        import onnxslim
+
+        return onnxslim.slim(model), "onnxslim"
+    except Exception as error:  # noqa: BLE001
+        log.warning("onnxslim failed too (%s: %s); keeping the unsimplified graph", type(error).__name__, error)
+    return model, "none"
+
+
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    """``data`` to a temporary file beside ``path``, flushed, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_size: tuple[int, int],
+    *,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    simplify: bool = True,
+) -> dict[str, Any]:
+    """Write ``model``'s eval forward at ``input_size`` (height, width) to ``path`` and return what was done:
+    ``{"opset", "simplifier", "dynamic_batch", "input", "output", "feature_dim"}``.
+
+    The model is exported as it is (fold BatchNorm first with :func:`edgereid.export.fold_batchnorm`); it runs on
+    the CPU in eval mode during the export and is put back afterwards.
+    """
+    import onnx
+
+    path = Path(path)
+    height, width = input_size
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval().cpu()
+    wrapped = Embedder(model)
+    example = torch.zeros(2 if dynamic_batch else 1, 3, height, width)
+    scratch = tempfile.TemporaryDirectory(prefix="edgereid-onnx-")
+    raw_path = Path(scratch.name) / "raw.onnx"
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values (shapes) taken as constants
+            feature_dim = int(wrapped(example).shape[1])
+            torch.onnx.export(
+                wrapped,
+                (example,),
+                str(raw_path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        proto = onnx.load(str(raw_path))
+    except Exception as error:
+        raise ExportError(f"torch.onnx.export failed for '{path}' ({type(error).__name__}: {error})") from error
+    finally:
+        model.train(was_training).to(device)
+        scratch.cleanup()
+    simplifier = "none"
+    if simplify:
+        proto, simplifier = _simplify(proto)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as error:
+        raise ExportError(f"the exported graph for '{path}' fails onnx.checker: {error}") from error
+    atomic_write_bytes(proto.SerializeToString(), path)
+    return {
+        "opset": opset,
+        "simplifier": simplifier,
+        "dynamic_batch": dynamic_batch,
+        "input": {"name": INPUT_NAME, "shape": ["batch" if dynamic_batch else 1, 3, height, width],
+                  "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch" if dynamic_batch else 1, feature_dim], "dtype": "float32"},
+        "feature_dim": feature_dim,
+    }
