@@ -89,6 +89,8 @@ def test_demo_quick_makes_data_and_reports(tmp_path: Path, recipe: str) -> None:
     run = tmp_path / "demo" / "runs" / recipe
     assert {"recipe.yaml", "metrics.jsonl", "last.pt"} <= {path.name for path in run.iterdir()}
     assert "mAP" in result.output and "done" in result.output
+    manifest = json.loads((tmp_path / "demo" / "bundle" / "manifest.json").read_text())
+    assert manifest["verification"]["passed"] and set(manifest["models"]) == {"fp32"}
     if recipe == "quickstart_mutual":
         assert "(r18)" in result.output and "(mnv3)" in result.output
 

@@ -13,7 +13,8 @@ from edgereid.data import load_dataset
 from edgereid.data.info import dataset_info
 
 # --quick (CI): a smaller data set and a few iterations, to prove the path rather than the model.
-QUICK_OVERRIDES = ("data.synthetic.ids=24", "solver.epochs=1", "solver.iters_per_epoch=3", "data.size=[64, 32]")
+QUICK_OVERRIDES = ("data.synthetic.ids=24", "solver.epochs=1", "solver.iters_per_epoch=3")
+QUICK_PRECISIONS = ("fp32",)
 
 
 @click.command()
@@ -28,8 +29,10 @@ QUICK_OVERRIDES = ("data.synthetic.ids=24", "solver.epochs=1", "solver.iters_per
     help="quickstart_mutual trains two networks together (mutual learning) and evaluates each.",
 )
 def demo(out: Path, quick: bool, recipe_name: str) -> None:
-    """Run the whole path on synthetic data: data → train → evaluate (→ export → verify → report, as they land)."""
+    """Run the whole path on synthetic data: data → train → evaluate → export and verify (→ runtime → report)."""
     require_extra("torch", "train", "demo")
+    from edgereid.cli.export import print_bundle
+    from edgereid.export import export_checkpoint
     from edgereid.recipes import load_recipe
     from edgereid.training import evaluate_checkpoint, train
 
@@ -61,8 +64,19 @@ def demo(out: Path, quick: bool, recipe_name: str) -> None:
         table.add_row("queries / gallery", f"{report.num_query} / {report.num_gallery}")
         console.print(table)
 
+    console.rule("[bold]4. export: fold BN, ONNX FP32 / FP16 / INT8, verified in ONNX Runtime")
+    bundle = export_checkpoint(
+        result.last_checkpoint,
+        out / "bundle",
+        precisions=QUICK_PRECISIONS if quick else ("fp32", "fp16", "int8"),
+        overwrite=True,
+        verify=True,
+        calibration_images=64 if quick else 512,
+    )
+    print_bundle(bundle)
+
     console.rule("[bold]done")
     console.print(
-        f"outputs are in {out.resolve()}: data/, runs/{recipe.name}*/ (recipe.yaml, metrics.jsonl, last.pt); "
-        "export, verification and reports join this demo as they land"
+        f"outputs are in {out.resolve()}: data/, runs/{recipe.name}*/ (recipe.yaml, metrics.jsonl, last.pt), "
+        "bundle/ (ONNX models, manifest.json); the TensorRT runtime and reports join this demo as they land"
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
 from edgereid.cli._output import console, print_json, require_extra
+
+if TYPE_CHECKING:
+    from edgereid.export import ExportBundle
 
 
 def _size(num_bytes: int) -> str:
@@ -66,10 +69,18 @@ def export_command(
         calibration_images=calibration_images,
         calibration_seed=calibration_seed,
     )
-    manifest = bundle.manifest
     if as_json:
-        print_json({"bundle": str(bundle.path), **manifest})
+        print_json({"bundle": str(bundle.path), **bundle.manifest})
         return
+    print_bundle(bundle)
+    verification = bundle.manifest.get("verification") or {}
+    if verification and not verification["passed"]:
+        raise SystemExit(1)
+
+
+def print_bundle(bundle: ExportBundle) -> None:
+    """The bundle's models with their verified accuracy against PyTorch, as a table."""
+    manifest = bundle.manifest
     verification: dict[str, Any] = manifest.get("verification") or {}
     scores: dict[str, Any] = verification.get("precisions", {})
     title = f"{bundle.path}: {manifest['backbone']} ({manifest['network']}), {manifest['input']['height']}×" \
@@ -93,5 +104,3 @@ def export_command(
             f"PyTorch mAP {reference['mAP']:.2%} on {verification['num_query']} queries / "
             f"{verification['num_gallery']} gallery images; verification {status}"
         )
-    if verification and not verification["passed"]:
-        raise SystemExit(1)
