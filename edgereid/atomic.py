@@ -36,3 +36,25 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_copy(source: Path, target: Path) -> None:
     with atomic_file(target) as file, source.open("rb") as original:
         shutil.copyfileobj(original, file)
+
+
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    with atomic_file(path) as file:
+        file.write(data)
+
+
+def publish_directory(staging: Path, target: Path) -> None:
+    """Move a completely built directory to ``target`` with renames, so a reader never sees half of it; an existing
+    ``target`` is moved aside first, put back if the move fails, and removed once the new one is in place."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, retired / target.name)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(retired / target.name, target)
+        os.rmdir(retired)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from edgereid.atomic import publish_directory
 from edgereid.errors import ConfigError, DataError
 
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
@@ -277,7 +278,7 @@ def generate_synthetic(
             "images": image_records,
         }
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
-        _publish(staging, out_path)
+        publish_directory(staging, out_path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -941,22 +942,6 @@ def _published_mode(out_dir: Path) -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return 0o777 & ~umask
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Put the finished set at ``out_dir`` with renames, so a reader never sees half a data set."""
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, retired / out_dir.name)
-    try:
-        os.replace(staging, out_dir)
-    except BaseException:
-        os.replace(retired / out_dir.name, out_dir)
-        os.rmdir(retired)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 __all__ = [

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgereid import __version__
+from edgereid.atomic import atomic_write_bytes, publish_directory
 from edgereid.errors import ConfigError, DataError, EdgeReIDError
 
 if TYPE_CHECKING:
@@ -136,23 +136,6 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _install_directory(built: Path, out_dir: Path) -> None:
-    """Rename ``built`` to ``out_dir``; an existing ``out_dir`` is moved aside first and removed after."""
-    old: Path | None = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    try:
-        os.replace(built, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old / out_dir.name, out_dir)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def _random_parity(model: torch.nn.Module, onnx_path: Path, input_size: tuple[int, int]) -> dict[str, float]:
     """ORT vs torch on a seeded random batch: the export's own check, which needs no data."""
     import torch
@@ -189,7 +172,7 @@ def export_checkpoint(
     ``calibration_images``/``calibration_seed`` pick INT8's calibration set from the train split.
     """
     from edgereid.export.fold import fold_batchnorm_with_report
-    from edgereid.export.onnx_export import atomic_write_bytes, export_onnx
+    from edgereid.export.onnx_export import export_onnx
     from edgereid.training.checkpoint import load_checkpoint
     from edgereid.training.evaluate import build_model
 
@@ -282,7 +265,7 @@ def export_checkpoint(
                 ExportBundle(built, manifest), data_root=data_root, max_images=max_images, model=model
             )
         atomic_write_bytes((json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode(), built / MANIFEST_NAME)
-        _install_directory(built, out_dir)
+        publish_directory(built, out_dir)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise

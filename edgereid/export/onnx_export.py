@@ -4,7 +4,6 @@ simplified (onnxsim, onnxslim where onnxsim fails), checked, and written atomica
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgereid.atomic import atomic_write_bytes
 from edgereid.export.bundle import INPUT_NAME, OUTPUT_NAME, ExportError
 
 log = logging.getLogger(__name__)
@@ -52,21 +52,6 @@ def _simplify(model: Any) -> tuple[Any, str]:
     except Exception as error:  # noqa: BLE001
         log.warning("onnxslim failed too (%s: %s); keeping the unsimplified graph", type(error).__name__, error)
     return model, "none"
-
-
-def atomic_write_bytes(data: bytes, path: Path) -> None:
-    """``data`` to a temporary file beside ``path``, flushed, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def export_onnx(

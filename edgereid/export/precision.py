@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from edgereid.atomic import atomic_write_bytes
 from edgereid.errors import ConfigError, DataError
 from edgereid.export.bundle import ExportError
 from edgereid.export.calibration import (
@@ -26,7 +27,6 @@ from edgereid.export.calibration import (
     DEFAULT_CALIBRATION_IMAGES,
     select_calibration_records,
 )
-from edgereid.export.onnx_export import atomic_write_bytes
 from edgereid.recipes.schema import DataConfig
 
 INT8_CALIBRATION_METHOD = "entropy"
