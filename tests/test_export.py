@@ -32,34 +32,18 @@ from edgereid.export import (
 from edgereid.modeling import create_model
 from edgereid.modeling.config import ModelConfig
 from edgereid.modeling.layers.ibn import IBN
-from edgereid.recipes import Recipe, recipe_from_dict
 from edgereid.training import evaluate_checkpoint
 from edgereid.training.checkpoint import save_checkpoint
+from tests.factories import SIZE, randomise_norms, tiny_recipe
 
-SIZE = (64, 32)
 HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
 HAS_FP16 = importlib.util.find_spec("onnxconverter_common") is not None
-
-
-def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so that folding has something to get wrong."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                assert module.running_mean is not None and module.running_var is not None
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_((torch.rand(n, generator=generator) - 0.5) * 0.4)
-    return model.eval()
 
 
 def _model(backbone: dict, head: dict | None = None) -> nn.Module:
     torch.manual_seed(0)
     config = ModelConfig.model_validate({"backbone": backbone, "head": head or {}})
-    return _randomise_norms(create_model(config, num_classes=5))
+    return randomise_norms(create_model(config, num_classes=5))
 
 
 @pytest.mark.parametrize(
@@ -138,27 +122,15 @@ def test_onnx_matches_torch_with_a_dynamic_batch(tmp_path: Path) -> None:
 # --- bundles ------------------------------------------------------------------------------------------------
 
 
-def _recipe(root: Path, ibn: str | None = None) -> Recipe:
-    return recipe_from_dict(
-        {
-            "name": "tiny",
-            "seed": 1,
-            "data": {"root": str(root), "format": "market1501", "size": list(SIZE), "sampler": {"p": 4, "k": 2}},
-            "model": {"backbone": {"name": "resnet18", "last_stride": 1, "ibn": ibn}},
-            "train": {"output_dir": str(root.parent / "runs"), "device": "cpu", "flip_test": True},
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A resnet18 IBN-a checkpoint on tiny synthetic data, written as training writes one."""
     base = tmp_path_factory.mktemp("export")
     root = base / "synthetic"
     generate_synthetic(root, num_ids=16, num_cameras=2, seed=3, size=SIZE, images_per_id_per_camera=3)
-    recipe = _recipe(root, ibn="a")
+    recipe = tiny_recipe(root, ibn="a")
     torch.manual_seed(0)
-    model = _randomise_norms(create_model(recipe.model, num_classes=8))
+    model = randomise_norms(create_model(recipe.model, num_classes=8))
     path = base / "run" / "last.pt"
     save_checkpoint(path, recipe=recipe, model_state=model.state_dict(), class_pids=list(range(8)), epoch=3,
                     iteration=9, metrics={}, training_state={})

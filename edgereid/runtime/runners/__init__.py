@@ -1,0 +1,50 @@
+"""Backends behind one ``Runner`` interface, found by name in a registry (as timm's ``create_model``):
+``create_runner(bundle, backend="onnxruntime", precision="fp32", **options)``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edgereid.errors import ConfigError
+from edgereid.export.bundle import ExportBundle, load_bundle
+from edgereid.runtime.runners.base import InferenceTiming, Runner
+
+R = TypeVar("R", bound=type[Runner])
+
+_RUNNERS: dict[str, type[Runner]] = {}
+# Modules that register a backend when imported; imported lazily so that a missing library only matters when its
+# backend is asked for.
+_BACKEND_MODULES = {
+    "onnxruntime": "edgereid.runtime.runners.onnxruntime",
+    "tensorrt": "edgereid.runtime.runners.tensorrt",
+    "torch": "edgereid.runtime.runners.torch",
+}
+BACKENDS = tuple(_BACKEND_MODULES)
+
+
+def register_runner(name: str) -> Callable[[R], R]:
+    def register(cls: R) -> R:
+        cls.backend = name
+        _RUNNERS[name] = cls
+        return cls
+
+    return register
+
+
+def create_runner(
+    bundle: ExportBundle | str | Path, backend: str = "onnxruntime", precision: str = "fp32", **options: Any
+) -> Runner:
+    """A runner of ``bundle``'s ``precision`` model on ``backend``; unknown names are a ConfigError naming the
+    choices, a backend whose library is missing an error saying how to install it."""
+    if backend not in _BACKEND_MODULES:
+        raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if not isinstance(bundle, ExportBundle):
+        bundle = load_bundle(bundle)
+    importlib.import_module(_BACKEND_MODULES[backend])
+    return _RUNNERS[backend](bundle, precision, **options)
+
+
+__all__ = ["BACKENDS", "InferenceTiming", "Runner", "create_runner", "register_runner"]
