@@ -12,6 +12,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: done once at import, before any thread could create a file.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[IO[Any]]:
     """A binary file to write; it replaces ``path`` only once the block has completed without an exception."""
@@ -21,6 +31,8 @@ def atomic_file(path: Path) -> Iterator[IO[Any]]:
         with os.fdopen(handle, "wb") as file:
             yield file
             file.flush()
+            # mkstemp makes the file private (0600); a published file gets the mode any new file would.
+            os.fchmod(file.fileno(), 0o666 & ~_UMASK)
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
@@ -46,6 +58,8 @@ def atomic_write_bytes(data: bytes, path: Path) -> None:
 def publish_directory(staging: Path, target: Path) -> None:
     """Move a completely built directory to ``target`` with renames, so a reader never sees half of it; an existing
     ``target`` is moved aside first, put back if the move fails, and removed once the new one is in place."""
+    # Staging directories come from mkdtemp (0700); the published one gets the mode any new directory would.
+    os.chmod(staging, 0o777 & ~_UMASK)
     if not target.exists():
         os.replace(staging, target)
         return

@@ -81,18 +81,31 @@ def test_formats_lists_every_reader() -> None:
     assert set(json.loads(result.output)) >= {"market1501", "market1501-holdout", "msmt17", "cuhk03", "veri776", "vehicle-reid", "folder"}
 
 
-@pytest.mark.parametrize("recipe", ["quickstart", "quickstart_mutual"])
-def test_demo_quick_makes_data_and_reports(tmp_path: Path, recipe: str) -> None:
-    result = CliRunner().invoke(cli, ["demo", "--quick", "--recipe", recipe, "--out", str(tmp_path / "demo")])
+def test_demo_quick_runs_the_whole_path_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "data" / "query").is_dir()
-    run = tmp_path / "demo" / "runs" / recipe
+    assert (out / "data" / "query").is_dir()
+    run = out / "runs" / "quickstart_mutual"
     assert {"recipe.yaml", "metrics.jsonl", "last.pt"} <= {path.name for path in run.iterdir()}
-    assert "mAP" in result.output and "done" in result.output
-    manifest = json.loads((tmp_path / "demo" / "bundle" / "manifest.json").read_text())
-    assert manifest["verification"]["passed"] and set(manifest["models"]) == {"fp32"}
-    if recipe == "quickstart_mutual":
-        assert "(r18)" in result.output and "(mnv3)" in result.output
+    # Both networks of the mutual run are exported and verified: the student and its teacher.
+    for network, backbone in (("mnv3", "mobilenetv3_small"), ("r18", "resnet18")):
+        manifest = json.loads((out / f"bundle-{network}" / "manifest.json").read_text())
+        assert manifest["network"] == network and manifest["backbone"] == backbone
+        assert set(manifest["models"]) == {"fp32", "int8_cpu"}
+        verified = json.loads((out / "results" / f"verify-{network}.json").read_text())
+        assert verified["results"]["fp32"]["delta_mAP_points"] == 0.0
+        assert verified["results"]["int8_cpu"]["delta_mAP_points"] is not None
+        bench = json.loads((out / "results" / f"bench-{network}.json").read_text())
+        assert {(run["precision"], run["batch"]) for run in bench["runs"]} == {
+            (precision, batch) for precision in ("fp32", "int8_cpu") for batch in (1, 32)}
+    gallery = json.loads((out / "gallery" / "gallery.json").read_text())
+    assert gallery["count"] == len(list((out / "data" / "bounding_box_test").glob("*.jpg")))
+    report = json.loads((out / "report" / "report.json").read_text())
+    (group,) = report["groups"]
+    assert len(group["rows"]) == 4 and (out / "report" / "pareto.png").is_file()
+    assert "│ mnv3 " in result.output and "│ r18 " in result.output  # both networks evaluated
+    assert "top-1 is the right identity" in result.output and str(out / "report" / "pareto.png") in result.output
 
 
 def test_training_commands_name_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -77,6 +77,23 @@ def test_folding_keeps_the_output_and_removes_every_batchnorm2d(backbone: dict) 
     assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
 
 
+def test_folding_check_passes_an_exact_fold_and_stops_a_broken_one() -> None:
+    from edgereid.export import ExportError
+    from edgereid.export.fold import check_folding
+
+    model = _model({"name": "resnet18", "ibn": "a"})
+    folded = fold_batchnorm(model)
+    images = torch.randn(3, 3, *SIZE, generator=torch.Generator().manual_seed(2))
+    report = check_folding(model, folded, images, "random")
+    assert report["cosine_min"] > 0.99999 and report["images"] == 3 and report["source"] == "random"
+    with torch.no_grad():
+        conv = folded.get_submodule("backbone.body.layer4.1.conv2")
+        assert isinstance(conv, nn.Conv2d) and conv.bias is not None
+        conv.bias.add_(torch.linspace(-1.0, 1.0, conv.bias.numel()))  # a fold whose BN shift went wrong
+    with pytest.raises(ExportError, match="BatchNorm folding changed the model's output"):
+        check_folding(model, folded, images, "random")
+
+
 def test_ibn_keeps_instance_norm_and_folds_its_batchnorm_half() -> None:
     model = _model({"name": "resnet18", "ibn": "a"})
     folded = fold_batchnorm(model)
@@ -150,6 +167,9 @@ def test_bundle_layout_and_manifest(bundle_dir: Path, checkpoint: Path) -> None:
     assert sorted(p.name for p in bundle_dir.parent.iterdir()) == ["bundle", "run", "synthetic"]
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["format"] == "edgereid-bundle" and manifest["format_version"] == 1
+    # Folding was checked on real train images, and the data set is recorded for torch-free verification.
+    assert manifest["fold"]["check"]["source"] == "train" and manifest["fold"]["check"]["cosine_min"] > 0.99999
+    assert manifest["data"]["root"] == str((bundle_dir.parent / "synthetic").resolve())
     assert manifest["recipe"] == "tiny" and manifest["backbone"] == "resnet18" and manifest["ibn"] == "a"
     assert manifest["input"]["height"] == 64 and manifest["input"]["width"] == 32
     assert manifest["input"]["mean"] == pytest.approx([0.485, 0.456, 0.406])

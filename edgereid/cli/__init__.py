@@ -40,16 +40,20 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
+    from edgereid.cli.bench import bench_command
+    from edgereid.cli.build import build_command
     from edgereid.cli.data import data
     from edgereid.cli.demo import demo
     from edgereid.cli.export import export_command
+    from edgereid.cli.gallery import gallery, search_command
+    from edgereid.cli.report import report_command
     from edgereid.cli.train import eval_command, train_command
+    from edgereid.cli.verify import verify_command
 
-    cli.add_command(data)
-    cli.add_command(demo)
-    cli.add_command(train_command)
-    cli.add_command(eval_command)
-    cli.add_command(export_command)
+    # In the order of the path: data → train → eval → export → build → verify → gallery/search → bench → report.
+    for command in (data, demo, train_command, eval_command, export_command, build_command, verify_command,
+                    gallery, search_command, bench_command, report_command):
+        cli.add_command(command)
 
 
 _register_commands()

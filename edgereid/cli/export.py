@@ -22,15 +22,27 @@ def _size(num_bytes: int) -> str:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="The bundle directory to write.")
 @click.option("--fp16", is_flag=True, help="Also export an FP16 model (needs onnxconverter-common).")
-@click.option("--int8", is_flag=True, help="Also export an INT8 Q/DQ model calibrated on train images (needs nvidia-modelopt).")
+@click.option("--int8", is_flag=True, help="Also export INT8, calibrated on train images (see --target).")
+@click.option("--target", type=click.Choice(["trt", "cpu", "both"]), default="trt", show_default=True,
+              help="INT8 target: trt = Q/DQ for TensorRT (model.int8.onnx, needs nvidia-modelopt); cpu = ONNX "
+                   "Runtime per-channel QDQ for CPUs (model.int8_cpu.onnx); both from one calibration set.")
+@click.option("--calibration-method", type=click.Choice(["entropy", "max", "percentile"]), default="entropy",
+              show_default=True, help="How activation ranges are chosen (percentile: cpu target only).")
+@click.option("--calibration-policy", default="train-spread-v1", show_default=True,
+              help="A shipped policy name (calibration/*.yaml) or a policy YAML file.")
+@click.option("--max-map-drop", type=click.FloatRange(min=0.0),
+              help="Hold INT8 to this mAP-point budget against FP32 on held-out train images, keeping the most "
+                   "sensitive layers in float as needed (also the INT8 verification tolerance).")
 @click.option("--network", help="Which network of a mutual-learning checkpoint (default: its student).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Score every model with ONNX Runtime on the query/gallery against the PyTorch checkpoint.")
 @click.option("--data", "data_root", type=click.Path(path_type=Path), help="Data set root to verify on (default: the recipe's).")
 @click.option("--max-images", type=click.IntRange(min=1), help="Verify on the first N query and N gallery images only.")
-@click.option("--calibration-images", type=click.IntRange(min=1), default=512, show_default=True,
-              help="INT8 calibration images, drawn from the train split.")
-@click.option("--calibration-seed", type=int, default=0, show_default=True)
+@click.option("--calibration-images", type=click.IntRange(min=1),
+              help="INT8 calibration images, drawn from the train split (default: the policy's, 512).")
+@click.option("--calibration-seed", type=int, help="Seed of the calibration draw (default: the policy's).")
+@click.option("--calibration-cache", "calibration_cache_dir", type=click.Path(path_type=Path),
+              help="Where decoded calibration sets and tensor ranges are cached (default ~/.cache/edgereid/calibration).")
 @click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
@@ -39,12 +51,17 @@ def export_command(
     out_dir: Path,
     fp16: bool,
     int8: bool,
+    target: str,
+    calibration_method: str,
+    calibration_policy: str,
+    max_map_drop: float | None,
     network: str | None,
     verify: bool,
     data_root: Path | None,
     max_images: int | None,
-    calibration_images: int,
-    calibration_seed: int,
+    calibration_images: int | None,
+    calibration_seed: int | None,
+    calibration_cache_dir: Path | None,
     opset: int,
     overwrite: bool,
     as_json: bool,
@@ -54,8 +71,9 @@ def export_command(
     require_extra("torch", "train", "export")
     require_extra("onnxruntime", "export", "export")
     from edgereid.export import export_checkpoint
+    from edgereid.export.precision import TARGETS
 
-    precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])
+    precisions = ["fp32"] + (["fp16"] if fp16 else []) + (list(TARGETS[target]) if int8 else [])
     bundle = export_checkpoint(
         checkpoint,
         out_dir,
@@ -68,6 +86,10 @@ def export_command(
         max_images=max_images,
         calibration_images=calibration_images,
         calibration_seed=calibration_seed,
+        calibration_method=calibration_method,
+        calibration_policy=calibration_policy,
+        calibration_cache_dir=calibration_cache_dir,
+        max_map_drop=max_map_drop,
     )
     if as_json:
         print_json({"bundle": str(bundle.path), **bundle.manifest})
@@ -97,6 +119,17 @@ def print_bundle(bundle: ExportBundle) -> None:
             cosine = f"{score['cosine_min']:.6f}"
         table.add_row(precision, entry["file"], _size(entry["bytes"]), mAP, delta, cosine)
     console.print(table)
+    for precision, entry in manifest["models"].items():
+        accuracy = entry.get("accuracy")
+        if not accuracy:
+            continue
+        line = (f"{precision}: held-out mAP drop vs FP32 {accuracy['drop_points_before']:+.2f} pts"
+                f" (budget {accuracy['max_mAP_drop_points']:.2f})")
+        if accuracy["excluded_layers"]:
+            kept = ", ".join(f"{layer['node']} (1-cos {layer['embedding_error']:.2e})"
+                             for layer in accuracy["excluded_layers"])
+            line += f" → {accuracy['drop_points_after']:+.2f} pts with the most sensitive layers in float: {kept}"
+        console.print(line)
     if verification:
         reference = verification["torch"]
         status = "[green]passed[/]" if verification["passed"] else "[bold red]FAILED[/]"

@@ -25,10 +25,13 @@ import numpy as np
 
 from edgereid import __version__
 from edgereid.atomic import atomic_write_bytes, publish_directory
+from edgereid.data.images import normalize_images
 from edgereid.errors import ConfigError, DataError, EdgeReIDError
 
 if TYPE_CHECKING:
     import torch
+
+    from edgereid.recipes.schema import DataConfig
 
 # Not imported from onnx_export (which needs torch): reading a bundle needs numpy and onnxruntime only.
 INPUT_NAME = "images"
@@ -43,10 +46,12 @@ class ExportError(EdgeReIDError):
 BUNDLE_FORMAT = "edgereid-bundle"
 BUNDLE_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-PRECISIONS = ("fp32", "fp16", "int8")
-# |ΔmAP| in mAP points (percent) that verification accepts against the PyTorch checkpoint, per precision; INT8 is
-# reported, not judged, until a calibration study sets its bar.
-MAP_TOLERANCE_POINTS: dict[str, float | None] = {"fp32": 0.1, "fp16": 0.5, "int8": None}
+# "int8" is the TensorRT-target Q/DQ model (engines are built from it), "int8_cpu" the ONNX Runtime CPU model.
+PRECISIONS = ("fp32", "fp16", "int8", "int8_cpu")
+# |ΔmAP| in mAP points (percent) that verification accepts against the reference, per precision. FP32 and FP16
+# differ by rounding only; INT8 may lose up to half a point (the default INT8 budget; the quickstart model measured
+# +0.02): beyond it verification fails loudly instead of shipping a silently broken model.
+MAP_TOLERANCE_POINTS: dict[str, float | None] = {"fp32": 0.1, "fp16": 0.5, "int8": 0.5, "int8_cpu": 0.5}
 
 
 def model_file_name(precision: str) -> str:
@@ -70,14 +75,37 @@ class ExportBundle:
             )
         return self.path / self.manifest["models"][precision]["file"]
 
+    def tolerance(self, precision: str) -> float | None:
+        """The |ΔmAP| budget (mAP points) this bundle's ``precision`` model is held to: the one it was exported
+        with (``--max-map-drop``), else the default of its precision."""
+        recorded = self.manifest["models"].get(precision, {}).get("tolerance_mAP_points")
+        return float(recorded) if recorded is not None else MAP_TOLERANCE_POINTS.get(precision)
+
     @property
     def input_size(self) -> tuple[int, int]:
         spec = self.manifest["input"]
         return int(spec["height"]), int(spec["width"])
 
+    @property
+    def engines(self) -> dict[str, dict[str, Any]]:
+        """The TensorRT engines ``edgereid build`` recorded, by precision (file, sha256, TensorRT version, GPU,
+        compute capability, build options)."""
+        engines: dict[str, dict[str, Any]] = self.manifest.get("engines", {})
+        return engines
+
+    def engine_path(self, precision: str) -> Path:
+        if precision not in self.engines:
+            built = ", ".join(self.engines) or "none"
+            raise ConfigError(
+                f"bundle '{self.path}' has no TensorRT engine for {precision!r} (engines built: {built}); build one "
+                f"on the machine that will run it with: edgereid build {self.path} --precision {precision}"
+            )
+        return self.path / self.engines[precision]["file"]
+
 
 def load_bundle(path: str | Path) -> ExportBundle:
-    """The bundle at ``path``, its manifest checked for format and version, its model files for their sha256."""
+    """The bundle at ``path``, its manifest checked for format and version, its model and engine files for their
+    sha256."""
     path = Path(path)
     manifest_path = path / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -99,6 +127,15 @@ def load_bundle(path: str | Path) -> ExportBundle:
             raise DataError(f"bundle '{path}' lists {entry['file']} ({precision}) but the file is missing")
         if sha256_file(file) != entry["sha256"]:
             raise DataError(f"bundle '{path}': {entry['file']} does not match the sha256 in its manifest")
+    for precision, entry in manifest.get("engines", {}).items():
+        file = path / entry["file"]
+        rebuild = f"rebuild it with: edgereid build {path} --precision {precision}"
+        if not file.is_file():
+            raise DataError(f"bundle '{path}' lists engine {entry['file']} ({precision}) but the file is missing; {rebuild}")
+        if sha256_file(file) != entry["sha256"]:
+            raise DataError(
+                f"bundle '{path}': engine {entry['file']} does not match the sha256 in its manifest; {rebuild}"
+            )
     return ExportBundle(path, manifest)
 
 
@@ -163,20 +200,46 @@ def export_checkpoint(
     data_root: str | Path | None = None,
     max_images: int | None = None,
     calibration_images: int | None = None,
-    calibration_seed: int = 0,
+    calibration_seed: int | None = None,
+    calibration_method: str = "entropy",
+    calibration_policy: str | Path | None = None,
+    calibration_cache_dir: str | Path | None = None,
+    max_map_drop: float | None = None,
 ) -> ExportBundle:
     """Export the checkpoint (a .pt file or a run directory) to a bundle at ``out_dir``.
 
     ``out_dir`` must not exist or be empty unless ``overwrite``. FP32 is always exported (the reference); with
     ``verify`` the bundle's models are scored by :func:`verify_bundle` and the results go into the manifest.
-    ``calibration_images``/``calibration_seed`` pick INT8's calibration set from the train split.
+    INT8 (``int8``: TensorRT Q/DQ, ``int8_cpu``: ONNX Runtime CPU) is calibrated on one set drawn from the train
+    split by ``calibration_policy`` (a shipped name or a YAML file; ``calibration_images``/``calibration_seed``
+    override its count and seed), decoded once through the calibration cache in ``calibration_cache_dir``. With
+    ``max_map_drop`` (mAP points) each INT8 model is held to that budget against FP32 on held-out train images,
+    keeping its most sensitive layers in float as needed (:mod:`edgereid.export.sensitivity`); the budget also
+    replaces the INT8 verification tolerance recorded in the manifest.
     """
-    from edgereid.export.fold import fold_batchnorm_with_report
+    from edgereid.export.fold import check_folding, fold_batchnorm_with_report
     from edgereid.export.onnx_export import export_onnx
     from edgereid.training.checkpoint import load_checkpoint
     from edgereid.training.evaluate import build_model
 
     wanted = check_precisions(precisions)
+    int8_wanted = [precision for precision in wanted if precision.startswith("int8")]
+    policy = None
+    if int8_wanted:
+        from edgereid.export.calibration import MIN_CALIBRATION_IMAGES, load_calibration_policy
+        from edgereid.export.precision import check_calibration_method
+
+        check_calibration_method(calibration_method, int8_wanted)
+        if calibration_images is not None and calibration_images < MIN_CALIBRATION_IMAGES:
+            raise ConfigError(
+                f"--calibration-images {calibration_images} is too few to estimate activation ranges; give at "
+                f"least {MIN_CALIBRATION_IMAGES}"
+            )
+        if max_map_drop is not None and max_map_drop < 0:
+            raise ConfigError(f"--max-map-drop must be at least 0 mAP points, got {max_map_drop}")
+        policy = load_calibration_policy(calibration_policy)
+        if calibration_seed is not None:
+            policy = policy.model_copy(update={"seed": calibration_seed})
     out_dir = Path(out_dir)
     _check_destination(out_dir, overwrite)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -184,6 +247,7 @@ def export_checkpoint(
     model = build_model(checkpoint, "cpu", network=network) if network is not None else build_model(checkpoint, "cpu")
     started = time.perf_counter()
     folded, fold_report = fold_batchnorm_with_report(model)
+    fold_check = check_folding(model, folded, *_fold_check_images(checkpoint.recipe.data))
     data = checkpoint.recipe.data
     input_size = (int(data.size[0]), int(data.size[1]))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +259,7 @@ def export_checkpoint(
         parity = {"fp32": _random_parity(model, fp32_path, input_size)}
         timings = {"fp32_s": round(time.perf_counter() - started, 3)}
         extra: dict[str, dict[str, Any]] = {}
+        calibration = None
         for precision in wanted[1:]:
             precision_started = time.perf_counter()
             target = built / model_file_name(precision)
@@ -203,14 +268,21 @@ def export_checkpoint(
 
                 extra[precision] = convert_fp16(fp32_path, target)
             else:
-                from edgereid.export.precision import quantize_int8
+                from edgereid.export.precision import prepare_calibration
+                from edgereid.export.sensitivity import quantize_within_budget
 
-                extra[precision] = quantize_int8(
-                    fp32_path,
-                    target,
-                    checkpoint.recipe.data,
-                    num_images=calibration_images,
-                    seed=calibration_seed,
+                assert policy is not None
+                if calibration is None:  # decoded once for both INT8 targets
+                    calibration, train = prepare_calibration(
+                        data, policy, num_images=calibration_images,
+                        cache_dir=None if calibration_cache_dir is None else Path(calibration_cache_dir),
+                    )
+                extra[precision] = quantize_within_budget(
+                    precision, fp32_path, target, calibration, train, data, method=calibration_method,
+                    max_map_drop=max_map_drop, flip=checkpoint.recipe.train.flip_test,
+                )
+                extra[precision]["tolerance_mAP_points"] = (
+                    MAP_TOLERANCE_POINTS[precision] if max_map_drop is None else max_map_drop
                 )
             parity[precision] = _random_parity(model, target, input_size)
             timings[f"{precision}_s"] = round(time.perf_counter() - precision_started, 3)
@@ -245,10 +317,17 @@ def export_checkpoint(
             },
             "output": {"name": OUTPUT_NAME, "feature_dim": graph["feature_dim"], "normalized": False},
             "test": {"flip": checkpoint.recipe.train.flip_test, "metric": "cosine"},
+            # How the recipe reads its data set, so a runtime without the checkpoint (or torch) can verify on it.
+            "data": {
+                "root": str(Path(data.root).resolve()),
+                "format": data.format,
+                "options": dict(data.options),
+                "holdout": data.holdout.model_dump() if data.holdout is not None else None,
+            },
             "opset": opset,
             "simplifier": graph["simplifier"],
             "folded": True,
-            "fold": {"folded": len(fold_report.folded), "kept": fold_report.kept},
+            "fold": {"folded": len(fold_report.folded), "kept": fold_report.kept, "check": fold_check},
             "models": models,
             "parity_random_input": parity,
             "source": {
@@ -272,6 +351,27 @@ def export_checkpoint(
     return ExportBundle(out_dir, manifest)
 
 
+FOLD_CHECK_IMAGES = 16
+
+
+def _fold_check_images(data: DataConfig) -> tuple[torch.Tensor, str]:
+    """Images to check folding on: the first train images of the recipe's data set where it can be read (folding
+    errors hide in real activations' statistics), else a seeded random batch — named in the manifest."""
+    import torch
+
+    from edgereid.training.data import decode_split, prepare_dataset
+
+    try:
+        dataset = prepare_dataset(data)
+        decoded = decode_split(sorted(dataset.train, key=lambda r: str(r.path))[:FOLD_CHECK_IMAGES], data, "fold-check")
+    except EdgeReIDError:
+        decoded = None
+    if decoded is not None and len(decoded.images):
+        return torch.from_numpy(normalize_images(decoded.images, data.mean, data.std)), "train"
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(FOLD_CHECK_IMAGES, 3, *data.size, generator=generator), "random"
+
+
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
@@ -287,12 +387,6 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray((a * b).sum(axis=1) / np.maximum(denominator, 1e-12))
 
 
-def preprocess(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """N×H×W×3 uint8 RGB (already at the input size) → N×3×H×W float32, as EvalTransform computes it."""
-    x = images.astype(np.float32) / np.float32(255.0)
-    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
 
 def embed_onnx(
     session: Any, images: np.ndarray, mean: Sequence[float], std: Sequence[float], *, batch_size: int = 64,
@@ -301,7 +395,7 @@ def embed_onnx(
     """float32 (N, D) embeddings of N×H×W×3 uint8 images from an ONNX Runtime session of a bundle model."""
     features = []
     for start in range(0, len(images), batch_size):
-        inputs = preprocess(images[start : start + batch_size], mean, std)
+        inputs = normalize_images(images[start : start + batch_size], mean, std)
         output = session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0].astype(np.float32)
         if flip:
             mirrored = np.ascontiguousarray(inputs[..., ::-1])
@@ -373,7 +467,7 @@ def verify_bundle(
         scored = evaluate_features(ort_query, ort_gallery, query.records, gallery.records)
         cosine = _cosine(np.concatenate([ort_query, ort_gallery]), np.concatenate([torch_query, torch_gallery]))
         delta = (scored.mAP - reference.mAP) * 100.0
-        tolerance = MAP_TOLERANCE_POINTS[precision]
+        tolerance = bundle.tolerance(precision)
         results[precision] = {
             "mAP": float(scored.mAP),
             "rank1": float(scored.rank1),

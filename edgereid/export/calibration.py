@@ -1,17 +1,133 @@
-"""Which images calibrate INT8: drawn from the TRAINING split only (never query or gallery, whose scores the
-calibrated model is judged on), spread over identities and cameras, seeded so that a bundle can be rebuilt."""
+"""Which images calibrate INT8, and the decoded calibration batch, cached.
+
+Calibration images come from the TRAINING split only (never query or gallery, whose scores the calibrated model is
+judged on). A :class:`CalibrationPolicy` (YAML in the repository's ``calibration/`` folder, or any file) says how
+they are drawn: how many, at most how many per identity, spread over cameras or not, and the seed; see
+``calibration/README.md``. The decoded batch is cached under a key of the policy, the chosen files (path, size,
+modification time), the input size and the image count, so a second export of the same data decodes nothing.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgereid.data.images import decode_records, normalize_images
 from edgereid.data.records import ImageRecord
-from edgereid.errors import ConfigError
+from edgereid.errors import ConfigError, DataError
 
 DEFAULT_CALIBRATION_IMAGES = 512
-CALIBRATION_POLICY = "train-spread-v1"
+DEFAULT_POLICY = "train-spread-v1"
+# The old name of the default policy, kept for callers that record it.
+CALIBRATION_POLICY = DEFAULT_POLICY
+# Fewer images than this cannot estimate activation ranges (let alone entropy histograms) that generalise.
+MIN_CALIBRATION_IMAGES = 8
+# The repository's calibration/ folder: shipped policies can be named without their path.
+SHIPPED_POLICIES = Path(__file__).resolve().parents[2] / "calibration"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "edgereid" / "calibration"
+# The splits a ReID data set has beside train; a policy naming one is refused, as it would leak the test set.
+_TEST_SPLITS = ("query", "gallery", "test")
+
+
+class CalibrationPolicy(BaseModel):
+    """How the INT8 calibration set is drawn from the train split."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    split: str = "train"
+    images: int = Field(DEFAULT_CALIBRATION_IMAGES, ge=MIN_CALIBRATION_IMAGES)
+    images_per_identity: int | None = Field(None, ge=1)
+    camera_balance: bool = True
+    augmentation: Literal["none"] = "none"
+    seed: int = 0
+
+    @field_validator("split")
+    @classmethod
+    def _train_only(cls, split: str) -> str:
+        if split in _TEST_SPLITS:
+            raise ValueError(
+                f"calibration must not use the {split!r} split: the INT8 model is judged on query/gallery, and "
+                "calibrating on them leaks the test set into the quantization ranges; use split: train"
+            )
+        if split != "train":
+            raise ValueError(f"unknown split {split!r}; calibration images come from split: train")
+        return split
+
+    def digest(self) -> str:
+        """sha256 of the policy's canonical JSON: what the calibration cache and the manifest key on."""
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+    def select(self, train: Sequence[ImageRecord], num_images: int | None = None) -> list[ImageRecord]:
+        """The policy's calibration records (``num_images`` overrides the policy's count)."""
+        return select_calibration_records(
+            self.eligible(train), self.images if num_images is None else num_images, self.seed
+        )
+
+    def eligible(self, train: Sequence[ImageRecord]) -> list[ImageRecord]:
+        """The train records the draw may pick from: all of them, or ``images_per_identity`` per identity, taken
+        round-robin over the identity's cameras with ``camera_balance`` and at random without (seeded)."""
+        if self.images_per_identity is None:
+            return list(train)
+        rng = random.Random(self.seed)
+        by_identity: dict[int, list[ImageRecord]] = defaultdict(list)
+        for record in sorted(train, key=lambda record: str(record.path)):
+            by_identity[record.pid].append(record)
+        kept: list[ImageRecord] = []
+        for pid in sorted(by_identity):
+            members = by_identity[pid]
+            rng.shuffle(members)
+            if self.camera_balance:
+                members = _round_robin(_groups(members, lambda record: record.camid, rng))
+            kept.extend(members[: self.images_per_identity])
+        return kept
+
+
+def shipped_policies() -> list[str]:
+    """Names of the policies in the repository's ``calibration/`` folder."""
+    if not SHIPPED_POLICIES.is_dir():
+        return []
+    return sorted(path.stem for path in SHIPPED_POLICIES.glob("*.yaml"))
+
+
+def load_calibration_policy(name_or_path: str | Path | None = None) -> CalibrationPolicy:
+    """A shipped policy by name (default ``train-spread-v1``) or a YAML file; errors name the file and the key."""
+    import yaml
+
+    spec = DEFAULT_POLICY if name_or_path is None else str(name_or_path)
+    path = Path(spec)
+    if not path.is_file():
+        shipped = SHIPPED_POLICIES / f"{spec}.yaml"
+        if not shipped.is_file():
+            raise ConfigError(
+                f"calibration policy {spec!r} is neither a file nor a shipped policy; shipped: "
+                f"{', '.join(shipped_policies()) or 'none'}"
+            )
+        path = shipped
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"calibration policy '{path}' cannot be read ({type(error).__name__}: {error})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"calibration policy '{path}' must be a mapping of keys to values")
+    raw.setdefault("name", path.stem)
+    try:
+        return CalibrationPolicy.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"key '{'.'.join(str(part) for part in item['loc'])}': {item['msg']}" for item in error.errors()
+        )
+        raise ConfigError(f"calibration policy '{path}': {problems}") from None
 
 
 def select_calibration_records(
@@ -27,26 +143,112 @@ def select_calibration_records(
     if not train:
         raise ConfigError("the calibration set is drawn from the train split, which is empty")
     rng = random.Random(seed)
-    groups: dict[tuple[int, int], list[ImageRecord]] = defaultdict(list)
-    for record in sorted(train, key=lambda record: str(record.path)):
-        groups[(record.pid, record.camid)].append(record)
+    ordered = sorted(train, key=lambda record: str(record.path))
+    return _round_robin(_groups(ordered, lambda record: (record.pid, record.camid), rng))[:num_images]
+
+
+def _groups(records: list[ImageRecord], key: Any, rng: random.Random) -> list[list[ImageRecord]]:
+    """``records`` grouped by ``key`` (groups in key order, then each group and the list shuffled)."""
+    grouped: dict[Any, list[ImageRecord]] = defaultdict(list)
+    for record in records:
+        grouped[key(record)].append(record)
     queues = []
-    for key in sorted(groups):
-        members = groups[key]
+    for group in sorted(grouped):
+        members = grouped[group]
         rng.shuffle(members)
         queues.append(members)
     rng.shuffle(queues)
-    chosen: list[ImageRecord] = []
-    round_index = 0
-    while len(chosen) < num_images:
-        added = False
-        for members in queues:
-            if round_index < len(members):
-                chosen.append(members[round_index])
-                added = True
-                if len(chosen) == num_images:
-                    break
-        if not added:
-            break
-        round_index += 1
-    return chosen
+    return queues
+
+
+def _round_robin(queues: list[list[ImageRecord]]) -> list[ImageRecord]:
+    longest = max((len(queue) for queue in queues), default=0)
+    return [queue[index] for index in range(longest) for queue in queues if index < len(queue)]
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The calibration batch (N×3×H×W float32, normalised as the bundle's input) and what the manifest records."""
+
+    images: np.ndarray
+    paths: list[str]
+    policy: CalibrationPolicy
+    data_sha256: str
+    cache_hit: bool
+    cache_file: Path
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's ``calibration`` entry (without the method, which belongs to each quantized model)."""
+        return {
+            "policy": self.policy.name,
+            "policy_sha256": self.policy.digest(),
+            "policy_settings": self.policy.model_dump(),
+            "split": self.policy.split,
+            "images": len(self.paths),
+            "seed": self.policy.seed,
+            "data_sha256": self.data_sha256,
+            "sha256_of_paths": hashlib.sha256("\n".join(self.paths).encode()).hexdigest(),
+            "cache_hit": self.cache_hit,
+        }
+
+
+def calibration_cache_key(records: Sequence[ImageRecord], policy: CalibrationPolicy, size: tuple[int, int]) -> str:
+    """What a cached calibration batch is valid for: the policy (its seed included), the chosen files in order
+    (path, identity, camera, size, mtime: so the image count too) and the input size."""
+    digest = hashlib.sha256(json.dumps([policy.digest(), list(size), len(records)]).encode())
+    for record in records:
+        try:
+            stat = record.path.stat()
+            digest.update(f"{record.path}|{record.pid}|{record.camid}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{record.path}|missing\n".encode())
+    return digest.hexdigest()
+
+
+def load_calibration_set(
+    records: Sequence[ImageRecord],
+    size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    policy: CalibrationPolicy,
+    cache_dir: Path | None = None,
+    strict: bool = False,
+) -> CalibrationSet:
+    """The chosen calibration ``records`` (see :meth:`CalibrationPolicy.select`) decoded at ``size`` through the
+    cache in ``cache_dir`` (default ``~/.cache/edgereid/calibration``) and normalised.
+
+    Fewer than :data:`MIN_CALIBRATION_IMAGES` records or decodable images is a DataError.
+    """
+    if len(records) < MIN_CALIBRATION_IMAGES:
+        raise DataError(
+            f"the calibration set has {len(records)} images (policy {policy.name!r}); at least "
+            f"{MIN_CALIBRATION_IMAGES} are needed to estimate activation ranges"
+        )
+    key = calibration_cache_key(records, policy, size)
+    cache_file = (DEFAULT_CACHE_DIR if cache_dir is None else Path(cache_dir)) / f"{key[:32]}.npy"
+    before = _identity(cache_file)
+    decoded = decode_records(records, size, strict=strict, cache_path=cache_file)
+    hit = before is not None and _identity(cache_file) == before
+    if len(decoded.images) < MIN_CALIBRATION_IMAGES:
+        raise DataError(
+            f"only {len(decoded.images)} of {len(records)} calibration images could be decoded (first: "
+            f"'{records[0].path}'); at least {MIN_CALIBRATION_IMAGES} are needed"
+        )
+    return CalibrationSet(
+        images=normalize_images(decoded.images, mean, std),
+        paths=[str(record.path) for record in decoded.records],
+        policy=policy,
+        data_sha256=hashlib.sha256(np.ascontiguousarray(decoded.images).tobytes()).hexdigest(),
+        cache_hit=hit,
+        cache_file=cache_file,
+    )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime): the cache file changes both when it is rewritten, so equal before and after = reused."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,17 +35,33 @@ def register_runner(name: str) -> Callable[[R], R]:
     return register
 
 
+def runner_class(backend: str) -> type[Runner]:
+    """The Runner class registered as ``backend`` (its module imported on first use); an unknown name is a
+    ConfigError naming the choices."""
+    if backend not in _BACKEND_MODULES:
+        raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    importlib.import_module(_BACKEND_MODULES[backend])
+    return _RUNNERS[backend]
+
+
 def create_runner(
     bundle: ExportBundle | str | Path, backend: str = "onnxruntime", precision: str = "fp32", **options: Any
 ) -> Runner:
     """A runner of ``bundle``'s ``precision`` model on ``backend``; unknown names are a ConfigError naming the
     choices, a backend whose library is missing an error saying how to install it."""
-    if backend not in _BACKEND_MODULES:
-        raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    cls = runner_class(backend)
+    accepted = inspect.signature(cls).parameters
+    takes_any = any(parameter.kind is parameter.VAR_KEYWORD for parameter in accepted.values())
+    unknown = [] if takes_any else [name for name in options if name not in accepted]
+    if unknown:
+        known = [name for name in accepted if name not in ("bundle", "precision")]
+        raise ConfigError(
+            f"unknown option {', '.join(map(repr, unknown))} for the {backend} backend; it takes "
+            f"{', '.join(known) or 'no options'}"
+        )
     if not isinstance(bundle, ExportBundle):
         bundle = load_bundle(bundle)
-    importlib.import_module(_BACKEND_MODULES[backend])
-    return _RUNNERS[backend](bundle, precision, **options)
+    return cls(bundle, precision, **options)
 
 
-__all__ = ["BACKENDS", "InferenceTiming", "Runner", "create_runner", "register_runner"]
+__all__ = ["BACKENDS", "InferenceTiming", "Runner", "create_runner", "register_runner", "runner_class"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from edgereid.errors import ConfigError
-from edgereid.export.bundle import ExportBundle
+from edgereid.export.bundle import PRECISIONS, ExportBundle
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -37,8 +37,18 @@ class Runner(abc.ABC):
     """A loaded model of one bundle at one precision on one backend."""
 
     backend: ClassVar[str]
+    # The precisions this backend can run; a bundle may hold more (the PyTorch reference runs FP32 only).
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
 
     def __init__(self, bundle: ExportBundle, precision: str) -> None:
+        if precision not in self.precisions:
+            raise ConfigError(
+                f"the {self.backend} backend runs {', '.join(self.precisions)}; got precision {precision!r}"
+            )
+        if precision not in bundle.manifest["models"]:
+            raise ConfigError(
+                f"bundle '{bundle.path}' has no {precision!r} model; it has {', '.join(bundle.manifest['models'])}"
+            )
         self.bundle = bundle
         self.precision = precision
         manifest = bundle.manifest
@@ -47,6 +57,11 @@ class Runner(abc.ABC):
         self.input_size: tuple[int, int] = bundle.input_size
         self.feature_dim: int = int(manifest["output"]["feature_dim"])
         self.last_timing: InferenceTiming | None = None
+
+    @property
+    def backend_detail(self) -> str:
+        """What exactly runs the model, for reports: library version, providers or device."""
+        return self.backend
 
     @property
     def max_batch(self) -> int | None:

@@ -1,0 +1,674 @@
+"""A gallery of L2-normalised embeddings on faiss: top-k inner-product (cosine) search with per-item metadata.
+
+The index is any faiss factory string under inner product: ``"Flat"`` is exact, ``"HNSW32"`` a graph for large
+galleries, ``"IVF4096,PQ64"`` (or ``"OPQ64,IVF65536,PQ64"``) a compressed one for very large ones. It sits in an
+``IndexIDMap2`` so every item keeps the int64 id it was given when added, whatever is removed later.
+
+Removal: indexes that store vectors in one flat array (``Flat``, ``SQ8``, ``PQ``) drop them at once. Graph and
+inverted-file indexes cannot (faiss's HNSW has no ``remove_ids``, and an ``IVF`` inside an id map renumbers its
+entries wrongly), so a removed id there becomes a *tombstone*: its metadata is gone, every search skips it
+through an ``IDSelector``, and its vector stays in the index until :meth:`Gallery.compact` rebuilds the index from
+the stored vectors. :meth:`Gallery.save` compacts on its own once tombstones reach ``COMPACT_FRACTION`` of the
+index; fewer are saved with it, so a removal never costs a rebuild of a large graph.
+
+On disk a gallery is a directory: ``index.faiss``, ``items.jsonl`` (one item per line, in id order) and
+``gallery.json`` (format, version, dimension, model id, factory, counts, tombstones and the sha256 of both
+files), built beside the target and published in one rename, so a failed save leaves the previous gallery as it
+was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from edgereid.atomic import publish_directory
+from edgereid.errors import ConfigError, DataError
+from edgereid.evaluation.distance import compute_distance
+from edgereid.evaluation.rerank import re_ranking
+from edgereid.export.bundle import sha256_file
+
+if TYPE_CHECKING:
+    from edgereid.runtime.embedder import Embedder
+
+FORMAT = "edgereid.gallery"
+FORMAT_VERSION = 1
+HEADER_FILE = "gallery.json"
+INDEX_FILE = "index.faiss"
+ITEMS_FILE = "items.jsonl"
+# Tombstones beyond this fraction of the stored vectors make save() rebuild the index without them.
+COMPACT_FRACTION = 0.1
+# Embeddings are unit vectors; FP16/INT8 engines and float32 normalisation stay far inside this.
+NORM_TOLERANCE = 1e-2
+# HNSW efSearch of a new index: faiss's 16 gave recall@10 0.82 against exact search on the 100k x 512-d benchmark
+# (docs/BENCHMARKS.md), 64 gave 0.985.
+DEFAULT_EF_SEARCH = 64
+# IVF lists visited by default (at most all of them): faiss's 1 misses most neighbours; 64 of 1,024 lists gave
+# recall@10 0.94 for IVF1024,PQ64 at 19x the speed of exact search on the same benchmark.
+DEFAULT_NPROBE = 64
+# Candidates per query that k-reciprocal re-ranking re-orders by default (FastReID's k1 is 20).
+RERANK_CANDIDATES = 100
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """What is known about one gallery image; every field is optional."""
+
+    identity: str | None = None
+    camera: str | None = None
+    path: str | None = None
+    time: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search result: the item's id, its cosine similarity to the query, and its metadata.
+
+    ``rerank_distance`` is the k-reciprocal distance the match was ordered by when the search re-ranked (lower is
+    closer), else None.
+    """
+
+    id: int
+    score: float
+    item: GalleryItem
+    rerank_distance: float | None = None
+
+
+class Gallery:
+    """Embeddings of one model (``model_id``) with stable int64 ids and metadata; create with :meth:`create` or
+    :meth:`load`."""
+
+    def __init__(
+        self,
+        index: faiss.IndexIDMap2,
+        model_id: str,
+        factory: str,
+        items: dict[int, GalleryItem],
+        next_id: int,
+        tombstones: set[int],
+    ) -> None:
+        self._index = index
+        self.model_id = model_id
+        self.factory = factory
+        self._items = items
+        self._next_id = next_id
+        self._tombstones = tombstones
+        self._camera_ids: dict[str | None, np.ndarray] | None = None
+
+    @classmethod
+    def create(
+        cls,
+        dim: int,
+        model_id: str,
+        index_factory: str = "Flat",
+        *,
+        ef_construction: int | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> Gallery:
+        """An empty gallery for ``dim``-d embeddings of the model ``model_id``.
+
+        ``ef_construction`` (HNSW: candidates kept while linking a new vector; more builds slower and better),
+        ``ef_search`` (HNSW, default ``DEFAULT_EF_SEARCH``) and ``nprobe`` (IVF: inverted lists visited, default
+        ``DEFAULT_NPROBE`` or all lists when fewer) are stored in the index as the defaults of later searches.
+        """
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ConfigError(f"gallery dim must be a positive integer; got {dim!r}")
+        if not model_id:
+            raise ConfigError("gallery model_id must be a non-empty string (the embedding model's sha256)")
+        if "IDMap" in index_factory:
+            raise ConfigError(f"index factory {index_factory!r}: leave out IDMap; the gallery adds its own id map")
+        try:
+            inner = faiss.index_factory(int(dim), index_factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as error:
+            raise ConfigError(
+                f"faiss cannot build the index factory string {index_factory!r} for dim {dim}: "
+                f"{_faiss_message(error)}; expected e.g. 'Flat', 'HNSW32', 'IVF4096,PQ64'"
+            ) from None
+        hnsw = _hnsw(inner)
+        ivf = faiss.try_extract_index_ivf(inner)
+        for name, value, applies in (
+            ("ef_construction", ef_construction, hnsw is not None),
+            ("ef_search", ef_search, hnsw is not None),
+            ("nprobe", nprobe, ivf is not None),
+        ):
+            if value is not None and not applies:
+                raise ConfigError(f"{name} applies to {'IVF' if name == 'nprobe' else 'HNSW'} indexes; "
+                                  f"index factory {index_factory!r} is not one")
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1; got {value}")
+        if hnsw is not None:
+            if ef_construction is not None:
+                hnsw.efConstruction = ef_construction
+            hnsw.efSearch = DEFAULT_EF_SEARCH if ef_search is None else ef_search
+        if ivf is not None:
+            ivf.nprobe = min(int(ivf.nlist), DEFAULT_NPROBE) if nprobe is None else nprobe
+            # Compaction and re-ranking read vectors back by position; ids inside the map stay sequential.
+            ivf.make_direct_map()
+        return cls(faiss.IndexIDMap2(inner), model_id, index_factory, {}, 0, set())
+
+    # ----------------------------------------------------------------------------------------------------- state
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._index.is_trained)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._items
+
+    def item(self, item_id: int) -> GalleryItem:
+        if item_id not in self._items:
+            raise DataError(f"gallery has no item with id {item_id}")
+        return self._items[item_id]
+
+    def items(self) -> dict[int, GalleryItem]:
+        """Every live item by id, in id order (a copy)."""
+        return dict(self._items)
+
+    def info(self) -> dict[str, Any]:
+        """What the gallery holds and how it searches, as JSON-ready values."""
+        inner = self._inner()
+        hnsw = _hnsw(inner)
+        ivf = faiss.try_extract_index_ivf(inner)
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "dim": self.dim,
+            "model_id": self.model_id,
+            "factory": self.factory,
+            "index_type": type(inner).__name__,
+            "count": len(self),
+            "stored_vectors": int(self._index.ntotal),
+            "tombstones": len(self._tombstones),
+            "next_id": self._next_id,
+            "is_trained": self.is_trained,
+            "identities": len({item.identity for item in self._items.values() if item.identity is not None}),
+            "cameras": sorted({item.camera for item in self._items.values() if item.camera is not None}),
+            "ef_search": None if hnsw is None else int(hnsw.efSearch),
+            "ef_construction": None if hnsw is None else int(hnsw.efConstruction),
+            "nprobe": None if ivf is None else int(ivf.nprobe),
+            "nlist": None if ivf is None else int(ivf.nlist),
+            "min_training_vectors": _min_training_vectors(inner),
+        }
+
+    # ------------------------------------------------------------------------------------------------- changes
+    def train(self, vectors: np.ndarray) -> None:
+        """Train an index that needs it (IVF, PQ, OPQ) on representative embeddings; the first ``add`` does this
+        with its own embeddings when the index is untrained."""
+        data = self._check_vectors(vectors, "training vectors")
+        if self.is_trained:
+            raise ConfigError(f"the {self.factory!r} index is already trained; train only an empty, untrained one")
+        needed = _min_training_vectors(self._inner())
+        if len(data) < needed:
+            raise DataError(
+                f"the {self.factory!r} index needs at least {needed} vectors to train; got {len(data)} "
+                "(add more embeddings at once, call train() with more, or use a smaller IVF/PQ setting)"
+            )
+        try:
+            self._index.train(data)
+        except RuntimeError as error:
+            raise DataError(f"training the {self.factory!r} index failed: {_faiss_message(error)}") from None
+
+    def add(self, embeddings: np.ndarray, items: Sequence[GalleryItem] | None = None) -> np.ndarray:
+        """Add L2-normalised float32 (N, dim) embeddings with their metadata (default: empty); returns their new
+        int64 ids, in order."""
+        data = self._check_vectors(embeddings, "embeddings")
+        if items is None:
+            # One shared empty item (it is frozen): a million separate ones would cost ~200 MB of Python objects.
+            items = [GalleryItem()] * len(data)
+        if len(items) != len(data):
+            raise ConfigError(f"got {len(data)} embeddings but {len(items)} gallery items; expected one item each")
+        for position, item in enumerate(items):
+            if not isinstance(item, GalleryItem):
+                raise ConfigError(f"gallery item {position} is a {type(item).__name__}; expected a GalleryItem")
+        if not self.is_trained:
+            self.train(data)
+        ids = np.arange(self._next_id, self._next_id + len(data), dtype=np.int64)
+        self._index.add_with_ids(data, ids)
+        self._items.update(zip(ids.tolist(), items))
+        self._next_id += len(data)
+        self._camera_ids = None
+        return ids
+
+    def remove(self, ids: Collection[int] | np.ndarray) -> int:
+        """Remove items by id; every id must be in the gallery (else a DataError naming the first missing one).
+        Returns how many were removed."""
+        wanted = np.unique(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64))
+        missing = [int(i) for i in wanted if int(i) not in self._items]
+        if missing:
+            raise DataError(
+                f"gallery has no item with id {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            )
+        if wanted.size == 0:
+            return 0
+        if isinstance(self._inner(), faiss.IndexFlatCodes):
+            self._index.remove_ids(faiss.IDSelectorBatch(wanted))
+        else:
+            self._tombstones.update(wanted.tolist())
+        for item_id in wanted.tolist():
+            del self._items[item_id]
+        self._camera_ids = None
+        return int(wanted.size)
+
+    def compact(self) -> None:
+        """Rebuild the index without its tombstones (a graph or inverted-file index re-adds every live vector,
+        which takes as long as building it; PQ codes are re-encoded from their decoded vectors, which nearly
+        always gives the same codes)."""
+        if not self._tombstones:
+            return
+        inner = self._inner()
+        vectors = inner.reconstruct_n(0, inner.ntotal) if inner.ntotal else np.empty((0, self.dim), np.float32)
+        stored_ids = faiss.vector_to_array(self._index.id_map)
+        keep = ~np.isin(stored_ids, np.fromiter(self._tombstones, dtype=np.int64))
+        fresh = faiss.clone_index(inner)
+        fresh.reset()
+        ivf = faiss.try_extract_index_ivf(fresh)
+        if ivf is not None:
+            ivf.make_direct_map()
+        index = faiss.IndexIDMap2(fresh)
+        if keep.any():
+            index.add_with_ids(np.ascontiguousarray(vectors[keep]), stored_ids[keep])
+        self._index = index
+        self._tombstones = set()
+
+    # -------------------------------------------------------------------------------------------------- search
+    def search(
+        self,
+        queries: np.ndarray,
+        top_k: int,
+        *,
+        query_cameras: Sequence[str | None] | None = None,
+        exclude_same_camera: bool = False,
+        cameras: Collection[str] | None = None,
+        rerank: bool = False,
+        rerank_candidates: int = RERANK_CANDIDATES,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[Match]]:
+        """The ``top_k`` most similar items of each L2-normalised query, best first (fewer when the gallery, or
+        what the filters leave of it, is smaller).
+
+        ``exclude_same_camera`` skips items from the query's own camera (``query_cameras``, one per query), the
+        ReID convention; ``cameras`` keeps only items from those cameras. ``rerank`` re-orders each query's first
+        ``rerank_candidates`` matches with k-reciprocal re-ranking (Zhong et al. 2017) over their vectors, read
+        back from the index. ``ef_search`` (HNSW) and ``nprobe`` (IVF) override the index's defaults.
+        """
+        data = self._check_vectors(queries, "queries")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer; got {top_k!r}")
+        if len(self) == 0:
+            raise DataError("the gallery is empty; add embeddings before searching it")
+        if exclude_same_camera and (query_cameras is None or len(query_cameras) != len(data)):
+            got = "none" if query_cameras is None else str(len(query_cameras))
+            raise ConfigError(
+                f"exclude_same_camera needs one query camera per query: {len(data)} queries, {got} cameras"
+            )
+        if rerank and rerank_candidates < 2:
+            raise ConfigError(f"rerank_candidates must be at least 2; got {rerank_candidates}")
+        depth = max(top_k, rerank_candidates) if rerank else top_k
+        depth = min(depth, len(self))
+        params_for = self._parameters(ef_search, nprobe)
+        scores = np.full((len(data), depth), -np.inf, dtype=np.float32)
+        labels = np.full((len(data), depth), -1, dtype=np.int64)
+        # One faiss call per distinct excluded camera: each has its own selector of allowed ids.
+        groups: dict[str | None, list[int]] = {}
+        for row in range(len(data)):
+            key = query_cameras[row] if exclude_same_camera and query_cameras is not None else None
+            groups.setdefault(key, []).append(row)
+        for camera, rows in groups.items():
+            excluded = camera if exclude_same_camera else None
+            selector = self._selector(excluded, cameras, exclude_camera=exclude_same_camera)
+            params = params_for(selector)
+            found_scores, found_labels = self._index.search(data[rows], depth, params=params)
+            scores[rows], labels[rows] = found_scores, found_labels
+        if rerank:
+            return [self._reranked(data[row], scores[row], labels[row], top_k) for row in range(len(data))]
+        return [
+            [Match(int(i), float(s), self._items[int(i)]) for s, i in zip(scores[row], labels[row]) if i >= 0]
+            for row in range(len(data))
+        ]
+
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The stored (for compressed indexes: decoded) float32 vectors of live items, in the order of ``ids``."""
+        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+        for item_id in wanted.tolist():
+            if item_id not in self._items:
+                raise DataError(f"gallery has no item with id {item_id}")
+        try:
+            vectors: np.ndarray = self._index.reconstruct_batch(wanted)
+        except RuntimeError as error:
+            raise ConfigError(
+                f"the {self.factory!r} index cannot give its vectors back ({_faiss_message(error)}); "
+                "re-ranking needs an index that stores them (Flat, HNSW, IVF, PQ, SQ)"
+            ) from None
+        return vectors
+
+    # ----------------------------------------------------------------------------------------------- save/load
+    def save(self, path: str | Path, *, compact: bool | None = None) -> Path:
+        """Write the gallery directory at ``path`` (replacing one there only once the new one is complete).
+
+        ``compact``: rebuild the index without tombstones first (default: when they are at least
+        ``COMPACT_FRACTION`` of the stored vectors).
+        """
+        target = Path(path)
+        if target.exists() and not (target / HEADER_FILE).is_file():
+            raise ConfigError(f"'{target}' exists and is not a gallery (no {HEADER_FILE}); refusing to replace it")
+        if compact is None:
+            compact = len(self._tombstones) >= COMPACT_FRACTION * max(int(self._index.ntotal), 1)
+        if compact:
+            self.compact()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+        try:
+            faiss.write_index(self._index, str(staging / INDEX_FILE))
+            with (staging / ITEMS_FILE).open("w", encoding="utf-8") as file:
+                for item_id in sorted(self._items):
+                    file.write(json.dumps({"id": item_id, **asdict(self._items[item_id])}, sort_keys=True) + "\n")
+            header = {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "dim": self.dim,
+                "model_id": self.model_id,
+                "factory": self.factory,
+                "count": len(self),
+                "next_id": self._next_id,
+                "tombstones": sorted(self._tombstones),
+                "files": {
+                    name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+                    for name in (INDEX_FILE, ITEMS_FILE)
+                },
+            }
+            (staging / HEADER_FILE).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n", "utf-8")
+            publish_directory(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path, model_id: str | None = None, *, dim: int | None = None) -> Gallery:
+        """Read a gallery saved by :meth:`save`, checking its format, both files' checksums, and (when given) that
+        it holds embeddings of ``model_id`` with ``dim`` dimensions."""
+        root = Path(path)
+        header = _read_header(root)
+        if model_id is not None and header["model_id"] != model_id:
+            raise ConfigError(
+                f"gallery '{root}' holds embeddings of model {header['model_id']}, not of model {model_id}; "
+                "embeddings of different models are not comparable (rebuild the gallery with this model)"
+            )
+        if dim is not None and header["dim"] != dim:
+            raise ConfigError(
+                f"gallery '{root}' holds {header['dim']}-d embeddings; expected {dim}-d (another model's gallery)"
+            )
+        for name, expected in header["files"].items():
+            file = root / name
+            if not file.is_file():
+                raise DataError(f"gallery file '{file}' is missing; the gallery is incomplete")
+            if sha256_file(file) != expected["sha256"]:
+                raise DataError(
+                    f"gallery file '{file}' does not match the sha256 in '{root / HEADER_FILE}'; it was changed or "
+                    "damaged after saving (rebuild the gallery)"
+                )
+        index = faiss.read_index(str(root / INDEX_FILE))
+        if not isinstance(index, faiss.IndexIDMap2) or index.d != header["dim"]:
+            raise DataError(
+                f"'{root / INDEX_FILE}' is a {type(index).__name__} of dim {index.d}; expected the IndexIDMap2 of "
+                f"dim {header['dim']} that '{root / HEADER_FILE}' describes"
+            )
+        items = _read_items(root / ITEMS_FILE)
+        tombstones = {int(i) for i in header["tombstones"]}
+        if len(items) != header["count"] or int(index.ntotal) != len(items) + len(tombstones):
+            raise DataError(
+                f"gallery '{root}' is inconsistent: {len(items)} items in {ITEMS_FILE}, {index.ntotal} vectors in "
+                f"{INDEX_FILE} with {len(tombstones)} tombstones, header count {header['count']}"
+            )
+        return cls(index, header["model_id"], header["factory"], items, int(header["next_id"]), tombstones)
+
+    # ------------------------------------------------------------------------------------------------- helpers
+    def _inner(self) -> Any:
+        return faiss.downcast_index(self._index.index)
+
+    def _check_vectors(self, vectors: np.ndarray, name: str) -> np.ndarray:
+        array = np.asarray(vectors)
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+            raise ConfigError(f"{name} must be a float32 (N, {self.dim}) array; got {array.dtype} {array.shape}")
+        if array.shape[1] != self.dim:
+            raise ConfigError(
+                f"{name} have {array.shape[1]} dimensions but the gallery holds {self.dim}-d embeddings "
+                "(another model's embeddings?)"
+            )
+        if array.shape[0] == 0:
+            raise ConfigError(f"{name}: got none; expected at least one row")
+        data = np.ascontiguousarray(array, dtype=np.float32)
+        finite = np.isfinite(data).all(axis=1)
+        if not finite.all():
+            raise DataError(f"{name} row {int(np.flatnonzero(~finite)[0])} holds NaN or infinite values")
+        norms = np.linalg.norm(data, axis=1)
+        off = np.abs(norms - 1.0) > NORM_TOLERANCE
+        if off.any():
+            row = int(np.flatnonzero(off)[0])
+            raise ConfigError(
+                f"{name} row {row} has L2 norm {norms[row]:.4f}; expected L2-normalised embeddings (norm 1), as the "
+                "Embedder gives them"
+            )
+        return data
+
+    def _camera_index(self) -> dict[str | None, np.ndarray]:
+        if self._camera_ids is None:
+            by_camera: dict[str | None, list[int]] = {}
+            for item_id, item in self._items.items():
+                by_camera.setdefault(item.camera, []).append(item_id)
+            self._camera_ids = {camera: np.array(ids, dtype=np.int64) for camera, ids in by_camera.items()}
+        return self._camera_ids
+
+    def _selector(
+        self, query_camera: str | None, cameras: Collection[str] | None, *, exclude_camera: bool
+    ) -> Any | None:
+        """An IDSelector of the ids a search may return (on external ids: the id map translates), or None for
+        all of them."""
+        if cameras is not None:
+            by_camera = self._camera_index()
+            allowed = [by_camera[c] for c in set(cameras) if c in by_camera and not (exclude_camera and c == query_camera)]
+            ids = np.concatenate(allowed) if allowed else np.empty(0, dtype=np.int64)
+            return faiss.IDSelectorBatch(ids)
+        excluded: list[np.ndarray] = []
+        if self._tombstones:
+            excluded.append(np.fromiter(self._tombstones, dtype=np.int64))
+        if exclude_camera:
+            excluded.append(self._camera_index().get(query_camera, np.empty(0, dtype=np.int64)))
+        if not excluded or sum(len(e) for e in excluded) == 0:
+            return None
+        return faiss.IDSelectorNot(faiss.IDSelectorBatch(np.concatenate(excluded)))
+
+    def _parameters(self, ef_search: int | None, nprobe: int | None) -> Any:
+        """A function from a selector to the search parameters of this index type."""
+        inner = self._inner()
+        hnsw = _hnsw(inner)
+        ivf = faiss.try_extract_index_ivf(inner)
+        if ef_search is not None and (hnsw is None or ef_search < 1):
+            raise ConfigError(f"ef_search={ef_search}: expected a positive value for an HNSW index ({self.factory!r})")
+        if nprobe is not None and (ivf is None or nprobe < 1):
+            raise ConfigError(f"nprobe={nprobe}: expected a positive value for an IVF index ({self.factory!r})")
+
+        # faiss's bundled stubs lack SearchParametersHNSW and the keyword constructors of the others.
+        swig: Any = faiss
+
+        def make(selector: Any | None) -> Any:
+            if hnsw is not None:
+                params = swig.SearchParametersHNSW(efSearch=ef_search or int(hnsw.efSearch))
+            elif ivf is not None:
+                params = swig.SearchParametersIVF(nprobe=nprobe or int(ivf.nprobe))
+            else:
+                params = swig.SearchParameters()
+            # Selectors name external ids; translated here (the id map leaves a translated one alone) so that a
+            # pre-transform, which hands only its inner parameters down, filters the same way.
+            translated = None if selector is None else swig.IDSelectorTranslated(self._index.id_map, selector)
+            if translated is not None:
+                params.sel = translated
+            # SWIG parameter objects hold raw pointers: keep what they point to alive with them.
+            params.referenced_objects = [selector, translated]
+            if isinstance(inner, faiss.IndexPreTransform):
+                outer = swig.SearchParametersPreTransform(index_params=params)
+                outer.referenced_objects = [params]
+                return outer
+            return params
+
+        return make
+
+    def _reranked(self, query: np.ndarray, scores: np.ndarray, labels: np.ndarray, top_k: int) -> list[Match]:
+        found = labels >= 0
+        ids, cosine = labels[found], scores[found]
+        if ids.size == 0:
+            return []
+        candidates = self.vectors(ids)
+        query_row = query[None, :]
+        distances = re_ranking(
+            compute_distance(query_row, candidates),
+            compute_distance(query_row, query_row),
+            compute_distance(candidates, candidates),
+        )[0]
+        order = np.argsort(distances, kind="stable")[:top_k]
+        return [Match(int(ids[i]), float(cosine[i]), self._items[int(ids[i])], float(distances[i])) for i in order]
+
+
+def _hnsw(index: Any) -> Any | None:
+    """The HNSW graph of an HNSW index (also under a pre-transform), else None."""
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index.hnsw if isinstance(index, faiss.IndexHNSW) else None
+
+
+def _min_training_vectors(index: Any) -> int:
+    """The fewest vectors faiss trains this index on: one per IVF list, one per PQ/SQ codebook entry."""
+    if index.is_trained:
+        return 0
+    needed = 1
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        needed = max(needed, int(ivf.nlist))
+    base = ivf if ivf is not None else index
+    while isinstance(base, faiss.IndexPreTransform):
+        base = faiss.downcast_index(base.index)
+    pq = getattr(base, "pq", None)
+    if pq is not None:
+        needed = max(needed, int(pq.ksub))
+    return needed
+
+
+def _faiss_message(error: RuntimeError) -> str:
+    """The useful line of a faiss C++ exception (its text also holds the source file and function)."""
+    text = str(error).strip()
+    for line in text.splitlines():
+        if "Error:" in line or "error" in line.lower():
+            return line.split("Error:", 1)[-1].strip(" '\"") or text
+    return text
+
+
+def _read_header(root: Path) -> dict[str, Any]:
+    header_path = root / HEADER_FILE
+    if not header_path.is_file():
+        raise DataError(f"'{root}' is not a gallery: {HEADER_FILE} is missing (make one with `edgereid gallery build`)")
+    try:
+        header = json.loads(header_path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"'{header_path}' is not valid JSON ({error}); the gallery is damaged") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise DataError(f"'{header_path}' is not an {FORMAT} header (format {header.get('format') if isinstance(header, dict) else None!r})")
+    if header.get("version") != FORMAT_VERSION:
+        raise DataError(
+            f"'{header_path}' has gallery format version {header.get('version')!r}; this edgereid reads version "
+            f"{FORMAT_VERSION}"
+        )
+    required = ("dim", "model_id", "factory", "count", "next_id", "tombstones", "files")
+    missing = [key for key in required if key not in header]
+    if missing or set(header["files"]) != {INDEX_FILE, ITEMS_FILE}:
+        raise DataError(f"'{header_path}' lacks {', '.join(missing) or 'the checksums of both files'}")
+    return header
+
+
+def _read_items(path: Path) -> dict[int, GalleryItem]:
+    items: dict[int, GalleryItem] = {}
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            try:
+                record = json.loads(line)
+                item_id = int(record.pop("id"))
+                items[item_id] = GalleryItem(**record)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                raise DataError(f"'{path}' line {number} is not a gallery item ({error})") from None
+    return items
+
+
+# ------------------------------------------------------------------------------------------ galleries of image files
+def collect_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly or found under folders (recursively, sorted), without repeats."""
+    from edgereid.data.readers._common import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for entry in (Path(p) for p in paths):
+        if entry.is_dir():
+            found.extend(sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif entry.is_file():
+            found.append(entry)
+        else:
+            raise DataError(f"'{entry}' is neither an image file nor a folder of images")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise DataError(
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(str(p) for p in paths) or 'nothing'}"
+        )
+    return unique
+
+
+def item_for_image(path: Path) -> GalleryItem:
+    """Metadata of an image file: identity and camera from a Market-1501, DukeMTMC-reID or MSMT17 name (the camera
+    as written in it, e.g. 'c3' → '3'), else none; the path and the file's modification time."""
+    from edgereid.data.readers.market import NAMINGS
+
+    identity = camera = None
+    for pattern in NAMINGS.values():
+        parsed = pattern.parse(path.name)
+        if parsed is not None:
+            identity, camera = str(parsed[0]), str(parsed[1] + pattern.camera_offset)
+            break
+    return GalleryItem(identity=identity, camera=camera, path=str(path), time=path.stat().st_mtime)
+
+
+def embed_images_into(gallery: Gallery, embedder: Embedder, images: Sequence[Path]) -> np.ndarray:
+    """Embed ``images`` with ``embedder`` and add them, with metadata from their names and files; refuses
+    an embedder of another model or embedding size. Returns the new ids."""
+    check_embedder(gallery, embedder)
+    embeddings = embedder.embed_paths(list(images))
+    return gallery.add(embeddings, [item_for_image(path) for path in images])
+
+
+def check_embedder(gallery: Gallery, embedder: Embedder) -> None:
+    if embedder.model_id != gallery.model_id:
+        raise ConfigError(
+            f"the gallery holds embeddings of model {gallery.model_id}, but the bundle's model is "
+            f"{embedder.model_id}; embeddings of different models are not comparable (use the bundle the gallery "
+            "was built with, or rebuild the gallery)"
+        )
+    if embedder.feature_dim != gallery.dim:
+        raise ConfigError(
+            f"the bundle's model gives {embedder.feature_dim}-d embeddings; the gallery holds {gallery.dim}-d ones"
+        )

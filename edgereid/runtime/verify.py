@@ -1,0 +1,248 @@
+"""Does a bundle's model keep its accuracy on this backend? ``verify_runtime`` embeds the query/gallery of the
+bundle's data set through the Embedder (exactly the preprocessing a deployment uses), scores every precision with
+the Market protocol, and compares with the reference: the bundle's FP32 model on ONNX Runtime's CPU provider.
+
+Torch-free: the data set comes from the root the bundle was verified on at export (or the one given), read by
+the reader the layout is detected as.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgereid.data import ImageRecord, load_dataset, make_holdout
+from edgereid.data.images import DecodedImages, decode_records
+from edgereid.errors import ConfigError, DataError
+from edgereid.evaluation.features import evaluate_features
+from edgereid.evaluation.rank import RankResult
+from edgereid.export.bundle import PRECISIONS, ExportBundle, load_bundle
+from edgereid.runtime.embedder import Embedder
+from edgereid.runtime.runners import runner_class
+
+VERIFY_KIND = "edgereid.verify"
+VERIFY_SCHEMA_VERSION = 1
+REFERENCE_BACKEND = "onnxruntime"
+REFERENCE_PRECISION = "fp32"
+
+
+def verify_runtime(
+    bundle: ExportBundle | str | Path,
+    backend: str = "onnxruntime",
+    precisions: Sequence[str] | None = None,
+    data_root: str | Path | None = None,
+    max_images: int | None = None,
+    **runner_options: Any,
+) -> dict[str, Any]:
+    """Score ``precisions`` (default: every one the bundle has that ``backend`` runs) of ``bundle`` on ``backend``
+    against the FP32 model on ONNX Runtime CPU; the ``edgereid.verify`` JSON document (see docs/ARCHITECTURE.md).
+
+    ``data_root`` replaces the root recorded in the bundle's verification; ``max_images`` keeps the first N query
+    and the first N gallery images. Without onnxruntime there is no reference: deltas and ``passed`` are null
+    (unknown), never 0. ``runner_options`` go to the backend.
+    """
+    if not isinstance(bundle, ExportBundle):
+        bundle = load_bundle(bundle)
+    if max_images is not None and max_images < 1:
+        raise ConfigError(f"max_images must be at least 1, got {max_images}")
+    wanted = _precisions(bundle, backend, precisions)
+    root, dataset_name, query_records, gallery_records = _load_split(bundle, data_root, max_images)
+    query = _decode(query_records, bundle.input_size)
+    gallery = _decode(gallery_records, bundle.input_size)
+    manifest = bundle.manifest
+
+    features: dict[str, np.ndarray] = {}
+    elapsed: dict[str, float] = {}
+    reference_features: np.ndarray | None = None
+    backend_detail = backend
+    for precision in wanted:
+        with Embedder(bundle, backend, precision, **runner_options) as embedder:
+            backend_detail = embedder.runner.backend_detail
+            started = time.perf_counter()
+            features[precision] = np.concatenate(
+                [embedder.embed_images(query.images), embedder.embed_images(gallery.images)]
+            )
+            elapsed[precision] = time.perf_counter() - started
+            if _is_reference(embedder):
+                reference_features = features[precision]
+    if reference_features is None:
+        reference_features = _reference_features(bundle, np.concatenate([query.images, gallery.images]))
+    reference_score = None if reference_features is None else _score(reference_features, query, gallery)
+
+    results: dict[str, dict[str, Any]] = {}
+    for precision in wanted:
+        score = _score(features[precision], query, gallery)
+        tolerance = bundle.tolerance(precision)
+        delta = None if reference_score is None else (score.mAP - reference_score.mAP) * 100.0
+        cosine_min = None
+        if reference_features is not None:
+            # Both sides are L2-normalised: the row-wise dot product is the cosine.
+            cosine_min = float(np.min(np.sum(features[precision] * reference_features, axis=1)))
+        results[precision] = {
+            **_metrics(score),
+            "delta_mAP_points": delta,
+            "cosine_min": cosine_min,
+            "tolerance_mAP_points": tolerance,
+            "passed": None if delta is None or tolerance is None else bool(abs(delta) <= tolerance),
+            "images_per_s": (len(query.records) + len(gallery.records)) / max(elapsed[precision], 1e-9),
+        }
+    return {
+        "kind": VERIFY_KIND,
+        "schema_version": VERIFY_SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "bundle": str(bundle.path.resolve()),
+        "model_id": str(manifest["models"]["fp32"]["sha256"]),
+        "recipe": manifest["recipe"],
+        "network": manifest["network"],
+        "backbone": manifest["backbone"],
+        "input": list(bundle.input_size),
+        "feature_dim": int(manifest["output"]["feature_dim"]),
+        "params": _params(bundle),
+        "dataset": {
+            "root": str(root),
+            "name": dataset_name,
+            "num_query": len(query.records),
+            "num_gallery": len(gallery.records),
+            "fingerprint": dataset_fingerprint(root, query.records, gallery.records),
+        },
+        "backend": backend,
+        "backend_detail": backend_detail,
+        "flip": bool(manifest["test"]["flip"]),
+        "reference": None
+        if reference_score is None
+        else {"precision": REFERENCE_PRECISION, "backend": REFERENCE_BACKEND, **_metrics(reference_score, rank5=False)},
+        "results": results,
+        "passed": all(entry["passed"] is not False for entry in results.values()),
+    }
+
+
+def dataset_fingerprint(root: Path, query: Sequence[ImageRecord], gallery: Sequence[ImageRecord]) -> str:
+    """sha256 of the sorted (path relative to ``root``, pid, camid) of query and gallery: two verifications with
+    the same fingerprint scored the very same protocol, wherever the data set was stored."""
+    entries = sorted(
+        (os.path.relpath(record.path, root), str(record.pid), int(record.camid)) for record in [*query, *gallery]
+    )
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def _precisions(bundle: ExportBundle, backend: str, precisions: Sequence[str] | None) -> list[str]:
+    runs = runner_class(backend).precisions
+    if precisions is None:
+        wanted = [precision for precision in bundle.precisions if precision in runs]
+        if not wanted:
+            raise ConfigError(
+                f"the {backend} backend runs {', '.join(runs)}, and bundle '{bundle.path}' has "
+                f"{', '.join(bundle.precisions)}: nothing to verify"
+            )
+        return wanted
+    if isinstance(precisions, str):
+        precisions = [precisions]
+    wanted = []
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if precision not in bundle.precisions:
+            raise ConfigError(
+                f"bundle '{bundle.path}' has no {precision!r} model; it has {', '.join(bundle.precisions)}"
+            )
+        if precision not in wanted:
+            wanted.append(precision)
+    if not wanted:
+        raise ConfigError(f"no precision to verify; give at least one of {', '.join(bundle.precisions)}")
+    return wanted
+
+
+def _load_split(
+    bundle: ExportBundle, data_root: str | Path | None, max_images: int | None
+) -> tuple[Path, str, list[ImageRecord], list[ImageRecord]]:
+    """The data set's root, name, and query and gallery records (the first ``max_images`` of each)."""
+    # The export records how the recipe reads its data set (manifest "data"); the layout is detected otherwise.
+    recorded: dict[str, Any] = bundle.manifest.get("data") or {}
+    if data_root is None:
+        if not recorded.get("root"):
+            raise ConfigError(
+                f"bundle '{bundle.path}' records no data set (manifest data.root); give the query/gallery data set "
+                "root (--data ROOT)"
+            )
+        data_root = recorded["root"]
+    root = Path(data_root)
+    if not root.is_dir():
+        raise DataError(f"data set root '{root}' does not exist or is not a directory")
+    dataset = load_dataset(root, recorded.get("format"), **(recorded.get("options") or {}))
+    holdout = recorded.get("holdout")
+    if holdout:
+        dataset = make_holdout(
+            dataset.train,
+            num_test_ids=int(holdout["num_test_ids"]),
+            seed=holdout.get("seed"),
+            name=f"{dataset.name}-holdout",
+            root=dataset.root,
+        )
+    if not dataset.query or not dataset.gallery:
+        raise DataError(
+            f"data set '{root}' ({dataset.name}) has no query or no gallery split to verify on; give a data set "
+            "with a test protocol (--data ROOT)"
+        )
+    query = list(dataset.query)[:max_images]
+    gallery = list(dataset.gallery)[:max_images]
+    return root, dataset.name, query, gallery
+
+
+def _decode(records: list[ImageRecord], size: tuple[int, int]) -> DecodedImages:
+    decoded = decode_records(records, size)
+    if not decoded.records:
+        raise DataError(f"none of the {len(records)} images from '{records[0].path.parent}' could be decoded")
+    return decoded
+
+
+def _is_reference(embedder: Embedder) -> bool:
+    runner = embedder.runner
+    return (
+        embedder.backend == REFERENCE_BACKEND
+        and embedder.precision == REFERENCE_PRECISION
+        and getattr(runner, "providers", None) == ["CPUExecutionProvider"]
+    )
+
+
+def _reference_features(bundle: ExportBundle, images: np.ndarray) -> np.ndarray | None:
+    """The FP32 model's embeddings on ONNX Runtime CPU; None where onnxruntime is not installed."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    with Embedder(bundle, REFERENCE_BACKEND, REFERENCE_PRECISION, providers=("cpu",)) as embedder:
+        return embedder.embed_images(images)
+
+
+def _score(features: np.ndarray, query: DecodedImages, gallery: DecodedImages) -> RankResult:
+    count = len(query.records)
+    return evaluate_features(features[:count], features[count:], query.records, gallery.records)
+
+
+def _metrics(score: RankResult, rank5: bool = True) -> dict[str, float]:
+    metrics = {"mAP": float(score.mAP), "rank1": score.rank1, "mINP": float(score.mINP)}
+    if rank5:
+        # A gallery of fewer than five images has no rank 5: its CMC ends earlier and stays at its last value.
+        metrics["rank5"] = float(score.cmc[min(5, len(score.cmc)) - 1])
+    return metrics
+
+
+def _params(bundle: ExportBundle) -> int | None:
+    """Parameters of the exported FP32 graph (BN folded): the manifest's count, else counted from the ONNX
+    initialisers when onnx is installed, else None."""
+    if bundle.manifest.get("params") is not None:
+        return int(bundle.manifest["params"])
+    try:
+        import onnx
+    except ImportError:
+        return None
+    model = onnx.load(str(bundle.model_path("fp32")), load_external_data=False)
+    return int(sum(int(np.prod(tensor.dims)) for tensor in model.graph.initializer))

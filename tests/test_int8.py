@@ -1,0 +1,315 @@
+"""INT8 export: the ONNX Runtime CPU target beside the TensorRT Q/DQ one, calibration methods and policies, the
+calibration cache, and accuracy-aware quantization with per-layer sensitivity."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from edgereid.cli import _ReportingGroup
+from edgereid.cli.export import export_command, print_bundle
+from edgereid.data.images import decode_records, normalize_images
+from edgereid.data.records import ImageRecord
+from edgereid.data.registry import load_dataset
+from edgereid.errors import ConfigError, DataError
+from edgereid.export import ExportBundle, ExportError, export_checkpoint, load_bundle
+from edgereid.export import bundle as bundle_module
+from edgereid.export import sensitivity as sensitivity_module
+from edgereid.export.calibration import (
+    DEFAULT_POLICY,
+    CalibrationPolicy,
+    load_calibration_policy,
+    load_calibration_set,
+    shipped_policies,
+)
+from edgereid.export.precision import OrtQuantizer, check_calibration_method, prepare_calibration
+from edgereid.recipes.schema import DataConfig
+from edgereid.training.checkpoint import load_checkpoint
+from tests.factories import SIZE, make_checkpoint
+
+HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
+CALIBRATION_IMAGES = 16
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("int8"))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("calibration-cache")
+
+
+@pytest.fixture(scope="module")
+def cpu_bundle(checkpoint: Path, cache_dir: Path) -> ExportBundle:
+    return export_checkpoint(checkpoint, checkpoint.parent.parent / "cpu-bundle", precisions=("int8_cpu",),
+                             calibration_images=CALIBRATION_IMAGES, calibration_cache_dir=cache_dir)
+
+
+def _embed(path: Path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output = session.run(None, {"images": images})[0]
+    return np.asarray(output / np.linalg.norm(output, axis=1, keepdims=True))
+
+
+def _test_images(checkpoint: Path) -> np.ndarray:
+    dataset = load_dataset(checkpoint.parent.parent / "synthetic")
+    decoded = decode_records(dataset.gallery[:24], SIZE)
+    return normalize_images(decoded.images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+# --- policies ---------------------------------------------------------------------------------------------
+
+
+def test_shipped_policies_load_by_name_and_path() -> None:
+    assert DEFAULT_POLICY in shipped_policies()
+    default = load_calibration_policy()
+    assert (default.name, default.split, default.images, default.camera_balance) == ("train-spread-v1", "train", 512,
+                                                                                      True)
+    capped = load_calibration_policy("train-capped-v1")
+    assert capped.images_per_identity == 4
+    assert load_calibration_policy(Path(__file__).parents[1] / "calibration" / "train-capped-v1.yaml") == capped
+    assert capped.digest() != default.digest()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("split: query\n", r"key 'split'.*'query' split.*leaks the test set"),
+        ("split: gallery\n", r"key 'split'.*'gallery'"),
+        ("split: validation\n", r"key 'split'.*unknown split"),
+        ("images: 0\n", r"key 'images'"),
+        ("augmentation: flip\n", r"key 'augmentation'"),
+        ("imagse: 4\n", r"key 'imagse'"),
+        ("- 1\n", "must be a mapping"),
+    ],
+)
+def test_policy_yaml_is_validated_naming_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "bad-policy.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected) as raised:
+        load_calibration_policy(path)
+    assert str(path) in str(raised.value)
+    with pytest.raises(ConfigError, match="neither a file nor a shipped policy.*train-spread-v1"):
+        load_calibration_policy("no-such-policy")
+
+
+def test_policy_caps_images_per_identity_spread_over_cameras() -> None:
+    train = [ImageRecord(Path(f"{pid:04d}_c{cam}_{i}.jpg"), pid, cam) for pid in range(6) for cam in range(3)
+             for i in range(5)]
+    balanced = CalibrationPolicy(name="t", images_per_identity=3, seed=2)
+    kept = balanced.eligible(train)
+    per_identity = Counter(record.pid for record in kept)
+    assert set(per_identity.values()) == {3}
+    for pid in range(6):  # three images of an identity: one from each of its three cameras
+        assert sorted(record.camid for record in kept if record.pid == pid) == [0, 1, 2]
+    assert balanced.select(list(reversed(train)), 10) == balanced.select(train, 10)
+    assert len(balanced.select(train)) == 18  # the cap bounds the set below the policy's 512 images
+    unbalanced = CalibrationPolicy(name="t", images_per_identity=3, camera_balance=False, seed=2)
+    assert Counter(record.pid for record in unbalanced.eligible(train)) == per_identity
+    # Drawn at random within an identity, some identity keeps two images of one camera (seed 2).
+    assert any(len({r.camid for r in unbalanced.eligible(train) if r.pid == pid}) < 3 for pid in range(6))
+
+
+def test_calibration_methods_map_to_each_target() -> None:
+    check_calibration_method("percentile", ["int8_cpu"])
+    check_calibration_method("max", ["int8", "int8_cpu"])
+    with pytest.raises(ConfigError, match="'percentile' is not supported by the TensorRT target.*entropy, max"):
+        check_calibration_method("percentile", ["int8", "int8_cpu"])
+    with pytest.raises(ConfigError, match="unknown calibration method 'minmax'"):
+        check_calibration_method("minmax", ["int8_cpu"])
+
+
+# --- the CPU target ---------------------------------------------------------------------------------------
+
+
+def test_int8_cpu_model_is_per_channel_qdq_and_close_to_fp32(checkpoint: Path, cpu_bundle: ExportBundle) -> None:
+    bundle = load_bundle(cpu_bundle.path)
+    assert bundle.precisions == ["fp32", "int8_cpu"]
+    path = bundle.model_path("int8_cpu")
+    assert path.name == "model.int8_cpu.onnx"
+    model = onnx.load(str(path))
+    ops = Counter(node.op_type for node in model.graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    weights = [node for node in model.graph.node if node.op_type == "DequantizeLinear"
+               and initializers.get(node.input[0]) is not None and initializers[node.input[0]].data_type
+               == onnx.TensorProto.INT8 and len(initializers[node.input[0]].dims) == 4]
+    assert len(weights) == 20  # every convolution of the ResNet-18: weights int8, one scale per output channel
+    for node in weights:
+        scale = numpy_helper.to_array(initializers[node.input[1]])
+        assert scale.shape == (initializers[node.input[0]].dims[0],) and len(np.unique(scale)) > 1
+    # Activations are uint8 (ONNX Runtime's x86 choice); weights 7-bit (reduce_range) for CPUs without VNNI.
+    activation_types = {initializers[node.input[2]].data_type for node in model.graph.node
+                        if node.op_type == "QuantizeLinear"}
+    assert activation_types == {onnx.TensorProto.UINT8}
+    assert max(int(np.abs(numpy_helper.to_array(initializers[node.input[0]])).max()) for node in weights) <= 64
+    images = _test_images(checkpoint)  # gallery images: never seen by calibration
+    cosine = (_embed(path, images) * _embed(bundle.model_path("fp32"), images)).sum(axis=1)
+    assert cosine.min() > 0.99
+    entry = bundle.manifest["models"]["int8_cpu"]
+    assert entry["target"] == "cpu" and entry["accuracy"] is None and entry["tolerance_mAP_points"] == 0.5
+    calibration = entry["calibration"]
+    assert (calibration["method"], calibration["images"], calibration["policy"], calibration["split"]) == (
+        "entropy", CALIBRATION_IMAGES, "train-spread-v1", "train")
+    assert len(calibration["data_sha256"]) == 64 and calibration["cache_hit"] is False
+
+
+def test_second_export_reuses_the_calibration_cache(
+    checkpoint: Path, cache_dir: Path, cpu_bundle: ExportBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgereid.data import images
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the calibration images were decoded again")
+
+    monkeypatch.setattr(images, "_decode_all", no_decoding)
+    # The folding check decodes a few train images of its own; this test is about the calibration set.
+    monkeypatch.setattr(bundle_module, "_fold_check_images",
+                        lambda data: (torch.randn(2, 3, *data.size), "random"))
+    again = export_checkpoint(checkpoint, tmp_path / "again", precisions=("int8_cpu",),
+                              calibration_images=CALIBRATION_IMAGES, calibration_cache_dir=cache_dir)
+    first, second = (bundle.manifest["models"]["int8_cpu"] for bundle in (cpu_bundle, again))
+    assert second["calibration"]["cache_hit"] is True and second["calibration"]["ranges_cache_hit"] is True
+    assert second["calibration"]["data_sha256"] == first["calibration"]["data_sha256"]
+    assert second["sha256"] == first["sha256"]  # same ranges, same model
+    monkeypatch.undo()
+    # Another seed draws other images: a different cache entry, decoded afresh.
+    policy = load_calibration_policy().model_copy(update={"seed": 5})
+    reseeded, _ = prepare_calibration(_recipe_data(checkpoint), policy, num_images=CALIBRATION_IMAGES, cache_dir=cache_dir)
+    assert reseeded.cache_hit is False and reseeded.data_sha256 != first["calibration"]["data_sha256"]
+
+
+def _recipe_data(checkpoint: Path) -> DataConfig:
+
+    return load_checkpoint(checkpoint).recipe.data
+
+
+def test_max_and_percentile_ranges_differ(checkpoint: Path, cpu_bundle: ExportBundle, tmp_path: Path) -> None:
+    calibration, _ = prepare_calibration(_recipe_data(checkpoint), load_calibration_policy(),
+                                         num_images=CALIBRATION_IMAGES, cache_dir=tmp_path)
+    scales = {}
+    for method in ("max", "percentile"):
+        quantizer = OrtQuantizer(cpu_bundle.model_path("fp32"), calibration, tmp_path, method=method, symmetric=False)
+        entry = quantizer.quantize(tmp_path / f"{method}.onnx")
+        assert entry["calibration"]["method"] == method
+        model = onnx.load(str(tmp_path / f"{method}.onnx"))
+        initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+        scales[method] = np.array([float(numpy_helper.to_array(initializers[node.input[1]]))
+                                   for node in model.graph.node if node.op_type == "QuantizeLinear"])
+    # max covers every value seen, so its ranges are the widest; percentile clips the outliers.
+    assert np.all(scales["max"] >= scales["percentile"] - 1e-9)
+    assert np.any(scales["percentile"] < scales["max"] * 0.99)
+
+
+# --- accuracy-aware INT8 ----------------------------------------------------------------------------------
+
+
+def test_unmeetable_budget_fails_naming_the_best_drop(checkpoint: Path, cpu_bundle: ExportBundle, cache_dir: Path,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _recipe_data(checkpoint)
+    calibration, train = prepare_calibration(data, load_calibration_policy(), num_images=CALIBRATION_IMAGES,
+                                             cache_dir=cache_dir)
+    # A model none of whose layers can be kept in float: the loop has nothing to buy accuracy back with.
+    monkeypatch.setattr(sensitivity_module, "layer_sensitivity", lambda *args, **kwargs: [])
+    target = tmp_path / "model.int8_cpu.onnx"
+    with pytest.raises(ExportError, match=r"over the budget of 0.0.*at best [\d.]+ points \(with 0 of 0 layers"):
+        sensitivity_module.quantize_within_budget(
+            "int8_cpu", cpu_bundle.model_path("fp32"), target, calibration, train, data, method="entropy",
+            max_map_drop=0.0, flip=True)
+    assert list(tmp_path.iterdir()) == []  # the over-budget model is not left behind
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+
+def test_too_small_calibration_set_and_test_split_policy_are_refused(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--calibration-images 4 is too few.*at least 8"):
+        export_checkpoint(checkpoint, tmp_path / "small", precisions=("int8_cpu",), calibration_images=4)
+    leaking = tmp_path / "leaking.yaml"
+    leaking.write_text("split: gallery\nimages: 64\n")
+    with pytest.raises(ConfigError, match="leaking.yaml.*key 'split'"):
+        export_checkpoint(checkpoint, tmp_path / "leak", precisions=("int8_cpu",), calibration_policy=leaking)
+    assert list(tmp_path.iterdir()) == [leaking]
+    # A train split with fewer images than asked for, fewer than the minimum: refused before any decoding.
+    records = load_dataset(checkpoint.parent.parent / "synthetic").train[:5]
+    with pytest.raises(DataError, match="calibration set has 5 images.*at least 8"):
+        load_calibration_set(records, SIZE, (0.5,) * 3, (0.5,) * 3, policy=load_calibration_policy())
+
+
+def test_cli_over_budget_keeps_the_most_sensitive_layers_in_float(
+    checkpoint: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    group = _ReportingGroup("edgereid")
+    group.add_command(export_command)
+    runner = CliRunner()
+    refused = runner.invoke(group, ["export", str(checkpoint), "--out", str(tmp_path / "r"), "--int8",
+                                    "--target", "both", "--calibration-method", "percentile"])
+    assert refused.exit_code == 2 and "'percentile' is not supported by the TensorRT target" in refused.output
+    assert not (tmp_path / "r").exists()
+    done = runner.invoke(group, ["export", str(checkpoint), "--out", str(tmp_path / "aware"), "--int8", "--target",
+                                 "cpu", "--max-map-drop", "0", "--calibration-images", "16",
+                                 "--calibration-cache", str(cache_dir), "--no-verify", "--json"])
+    assert done.exit_code == 0, done.output
+    bundle = load_bundle(tmp_path / "aware")
+    assert sorted(p.name for p in bundle.path.iterdir()) == ["manifest.json", "model.fp32.onnx", "model.int8_cpu.onnx"]
+    entry = bundle.manifest["models"]["int8_cpu"]
+    accuracy = entry["accuracy"]
+    assert entry["tolerance_mAP_points"] == 0.0 and accuracy["max_mAP_drop_points"] == 0.0
+    # The held-out protocol is train images outside the calibration set, not the test query/gallery.
+    assert accuracy["heldout"]["num_query"] > 0 and accuracy["heldout"]["split"].startswith("train")
+    assert accuracy["drop_points_before"] > 0.0  # this seeded tiny model loses mAP fully quantized...
+    excluded = accuracy["excluded_layers"]
+    assert excluded and accuracy["drop_points_after"] <= 0.0  # ...and gets it back with layers in float
+    assert [layer["rank"] for layer in excluded] == list(range(1, len(excluded) + 1))
+    errors = [layer["embedding_error"] for layer in excluded]
+    assert errors == sorted(errors, reverse=True) and all(layer["of"] == 20 for layer in excluded)
+    # The excluded layers really run in float: their weights are not behind a DequantizeLinear.
+    model = onnx.load(str(bundle.model_path("int8_cpu")))
+    nodes = {node.name: node for node in model.graph.node}
+    dequantized = {node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    for layer in excluded:
+        assert nodes[layer["node"]].input[1] not in dequantized
+    assert sum(node.op_type == "Conv" and node.input[1] in dequantized for node in model.graph.node) == 20 - len(
+        excluded)
+    print_bundle(bundle)  # what a person sees: the drop and the layers kept in float, named
+    shown = " ".join(capsys.readouterr().out.split())  # rich wraps lines at the console width
+    assert "most sensitive layers in float" in shown and excluded[0]["node"] in shown
+
+
+@pytest.mark.skipif(not HAS_MODELOPT, reason="nvidia-modelopt not installed")
+def test_both_targets_share_one_calibration_set(checkpoint: Path, cache_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgereid.export import precision
+
+    loads = []
+    original = precision.load_calibration_set
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        loads.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(precision, "load_calibration_set", counted)
+    bundle = export_checkpoint(checkpoint, tmp_path / "both", precisions=("int8", "int8_cpu"),
+                               calibration_method="max", calibration_images=CALIBRATION_IMAGES,
+                               calibration_cache_dir=cache_dir)
+    assert len(loads) == 1 and bundle.precisions == ["fp32", "int8", "int8_cpu"]
+    trt, cpu = bundle.manifest["models"]["int8"], bundle.manifest["models"]["int8_cpu"]
+    assert (trt["target"], cpu["target"]) == ("trt", "cpu")
+    assert trt["calibration"]["data_sha256"] == cpu["calibration"]["data_sha256"]
+    assert trt["calibration"]["method"] == cpu["calibration"]["method"] == "max"
+    # TensorRT's Q/DQ is symmetric int8 throughout; the CPU model's activations are uint8.
+    trt_model = onnx.load(str(bundle.model_path("int8")))
+    zero_points = {t.name: t for t in trt_model.graph.initializer}
+    assert {zero_points[node.input[2]].data_type for node in trt_model.graph.node
+            if node.op_type == "QuantizeLinear"} == {onnx.TensorProto.INT8}
