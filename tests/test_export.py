@@ -17,7 +17,6 @@ from torch import nn
 from edgereid.cli import _ReportingGroup
 from edgereid.cli.export import export_command
 from edgereid.data.records import ImageRecord
-from edgereid.data.synthetic import generate_synthetic
 from edgereid.errors import ConfigError, DataError
 from edgereid.export import (
     count_batchnorm,
@@ -33,8 +32,7 @@ from edgereid.modeling import create_model
 from edgereid.modeling.config import ModelConfig
 from edgereid.modeling.layers.ibn import IBN
 from edgereid.training import evaluate_checkpoint
-from edgereid.training.checkpoint import save_checkpoint
-from tests.factories import SIZE, randomise_norms, tiny_recipe
+from tests.factories import SIZE, make_checkpoint, randomise_norms
 
 HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
 HAS_FP16 = importlib.util.find_spec("onnxconverter_common") is not None
@@ -142,16 +140,7 @@ def test_onnx_matches_torch_with_a_dynamic_batch(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A resnet18 IBN-a checkpoint on tiny synthetic data, written as training writes one."""
-    base = tmp_path_factory.mktemp("export")
-    root = base / "synthetic"
-    generate_synthetic(root, num_ids=16, num_cameras=2, seed=3, size=SIZE, images_per_id_per_camera=3)
-    recipe = tiny_recipe(root, ibn="a")
-    torch.manual_seed(0)
-    model = randomise_norms(create_model(recipe.model, num_classes=8))
-    path = base / "run" / "last.pt"
-    save_checkpoint(path, recipe=recipe, model_state=model.state_dict(), class_pids=list(range(8)), epoch=3,
-                    iteration=9, metrics={}, training_state={})
-    return path
+    return make_checkpoint(tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")

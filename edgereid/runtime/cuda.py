@@ -13,15 +13,12 @@ import contextlib
 import ctypes
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgereid.errors import ConfigError, EdgeReIDError
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from edgereid.runtime.resource import Closable
 
 CUDA_BINDINGS_MISSING = (
     "TensorRT needs a CUDA binding for Python and neither cuda-python nor pycuda is installed here; install one "
@@ -36,7 +33,7 @@ class GpuInfo:
     compute_capability: str  # "major.minor", as NVIDIA's tables write it ("8.7" for Orin)
 
 
-class CudaDevice(abc.ABC):
+class CudaDevice(Closable, abc.ABC):
     """One GPU, made current by :meth:`activate`, with one stream; every buffer and event it allocates is freed by
     :meth:`close`."""
 
@@ -82,14 +79,6 @@ class CudaDevice(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Free every buffer, event and the stream; safe to call twice."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def _import_cudart() -> Any:

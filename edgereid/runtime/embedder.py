@@ -11,18 +11,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgereid.data.images import decode_image, normalize_images, resize_image
 from edgereid.errors import ConfigError
 from edgereid.export.bundle import ExportBundle, load_bundle
+from edgereid.runtime.resource import Closable
 from edgereid.runtime.runners import Runner, create_runner
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 
 @dataclass(frozen=True)
@@ -39,7 +36,7 @@ class EmbedTiming:
         return max(self.total_s - self.inference_s, 0.0)
 
 
-class Embedder:
+class Embedder(Closable):
     """Embeddings of a bundle's model on one backend and precision.
 
     ``flip`` (default: the bundle's ``test.flip``) averages the embeddings of each image and its mirror before
@@ -121,14 +118,6 @@ class Embedder:
 
     def close(self) -> None:
         self.runner.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.close()
 
     def _decoded_batches(self, paths: list[str | Path]) -> Generator[np.ndarray, None, None]:
         """uint8 batches at the input size; the next batch decodes in the pool while the current one is inferred."""

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from edgereid.errors import ConfigError
 from edgereid.export.bundle import PRECISIONS, ExportBundle
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from edgereid.runtime.resource import Closable
 
 
 @dataclass(frozen=True)
@@ -33,7 +30,7 @@ class InferenceTiming:
     device_to_host_s: float | None = None
 
 
-class Runner(abc.ABC):
+class Runner(Closable, abc.ABC):
     """A loaded model of one bundle at one precision on one backend."""
 
     backend: ClassVar[str]
@@ -71,17 +68,6 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def infer(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, D) embeddings of a float32 N×3×H×W batch, normalised as the manifest says."""
-
-    def close(self) -> None:
-        """Release device memory, streams and sessions (nothing to do for backends that free them with the object)."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.close()
 
     def check_batch(self, images: np.ndarray) -> np.ndarray:
         """``images`` as a C-contiguous float32 batch of the bundle's input shape; anything else a ConfigError."""
