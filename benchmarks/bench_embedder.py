@@ -150,16 +150,10 @@ def machine(threads: int | None) -> dict[str, Any]:
     import onnxruntime
     import PIL
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from edgereid.runtime.environment import describe_environment
+
     return {
-        "cpu": cpu,
+        "cpu": describe_environment()["cpu"]["model"],
         "cores_available": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -47,6 +47,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from edgereid.runtime.environment import describe_environment
 from edgereid.runtime.gallery import Gallery
 
 MODEL_ID = "bench"
@@ -70,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nprobe", default="8,16,32,64")
     parser.add_argument("--ivfpq-scale-to", type=int, default=10_000_000)
     parser.add_argument("--ivfpq-scale-nlist", type=int, default=65536)
+    parser.add_argument("--intrinsic-dim", type=int, default=0,
+                        help="draw centres and views in a random subspace of this many dimensions (0: the full "
+                        "space, the worst case); trained ReID embeddings concentrate in a few dozen dimensions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "gallery.json")
     parser.add_argument("--json", action="store_true", help="print the results as JSON at the end")
@@ -87,21 +91,31 @@ def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
     return vectors
 
 
-def make_data(size: int, dim: int, num_queries: int, views: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(gallery, queries): views of identity centres, built in chunks to keep the peak near the result's size."""
+def make_data(
+    size: int, dim: int, num_queries: int, views: int, seed: int, intrinsic_dim: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(gallery, queries): views of identity centres, built in chunks to keep the peak near the result's size;
+    with ``intrinsic_dim`` everything lies in one random subspace of that dimension (an orthonormal basis keeps
+    unit vectors unit)."""
     rng = np.random.default_rng(seed)
+    space = intrinsic_dim or dim
+    basis = np.linalg.qr(rng.standard_normal((dim, space)))[0].T.astype(np.float32) if intrinsic_dim else None
+
+    def embed(vectors: np.ndarray) -> np.ndarray:
+        return vectors if basis is None else vectors @ basis
+
     num_ids = max(1, size // views)
-    centres = unit_rows(rng, num_ids, dim)
+    centres = unit_rows(rng, num_ids, space)
     gallery = np.empty((size, dim), dtype=np.float32)
     chunk = 100_000
     for start in range(0, size, chunk):
         stop = min(start + chunk, size)
         identities = np.arange(start, stop) % num_ids
-        block = centres[identities] + NOISE * unit_rows(rng, stop - start, dim)
+        block = embed(centres[identities] + NOISE * unit_rows(rng, stop - start, space))
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         gallery[start:stop] = block
     query_ids = rng.integers(0, num_ids, num_queries)
-    queries = centres[query_ids] + NOISE * unit_rows(rng, num_queries, dim)
+    queries = embed(centres[query_ids] + NOISE * unit_rows(rng, num_queries, space))
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     return gallery, queries
 
@@ -157,7 +171,7 @@ def build(factory: str, data: np.ndarray, dim: int, train_rows: int | None = Non
 def bench_size(args: argparse.Namespace, size: int, results: dict[str, Any], write: Any) -> None:
     entry: dict[str, Any] = {"size": size}
     results["sizes"][str(size)] = entry
-    data, queries = make_data(size, args.dim, args.queries, args.views, args.seed)
+    data, queries = make_data(size, args.dim, args.queries, args.views, args.seed, args.intrinsic_dim)
 
     flat = build("Flat", data, args.dim)
     gallery = flat.pop("gallery")
@@ -254,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "command": "python " + shlex.join(["benchmarks/bench_gallery.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": {
-            "cpu_model": _cpu_model(),
+            "cpu_model": describe_environment()["cpu"]["model"],
             "cores_available": len(os.sched_getaffinity(0)),
             "faiss_threads": faiss.omp_get_max_threads(),
             "faiss": faiss.__version__,
@@ -268,6 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "views_per_identity": args.views,
             "noise": NOISE,
             "structure": "identity centres + noisy L2-normalised views; queries are fresh views",
+            "intrinsic_dim": args.intrinsic_dim or args.dim,
             "seed": args.seed,
             "top_k": TOP_K,
         },
@@ -289,14 +304,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(results, indent=2))
     return results
-
-
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as file:
-        for line in file:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 if __name__ == "__main__":
