@@ -56,29 +56,14 @@ def parse_args() -> argparse.Namespace:
 
 def build_bundle(work: Path) -> ExportBundle:
     """An untrained ResNet-18 BoT exported at 256x128 (weights do not change the cost of inference)."""
-    import torch
+    from untrained import untrained_resnet18_checkpoint
 
     from edgereid.export import export_checkpoint, load_bundle
-    from edgereid.modeling import create_model
-    from edgereid.recipes import recipe_from_dict
-    from edgereid.training.checkpoint import save_checkpoint
 
     bundle_dir = work / "bundle"
     if (bundle_dir / "manifest.json").is_file():
         return load_bundle(bundle_dir)
-    recipe = recipe_from_dict(
-        {
-            "name": "bench-embedder-r18",
-            "data": {"root": str(work / "images"), "format": "market1501", "size": list(SIZE)},
-            "model": {"backbone": {"name": "resnet18", "last_stride": 1}},
-            "train": {"output_dir": str(work / "runs"), "device": "cpu", "flip_test": False},
-        }
-    )
-    torch.manual_seed(0)
-    model = create_model(recipe.model, num_classes=751).eval()
-    checkpoint = work / "run" / "last.pt"
-    save_checkpoint(checkpoint, recipe=recipe, model_state=model.state_dict(), class_pids=list(range(751)), epoch=0,
-                    iteration=0, metrics={}, training_state={})
+    checkpoint = untrained_resnet18_checkpoint(work, "bench-embedder-r18", work / "images", SIZE)
     return export_checkpoint(checkpoint, bundle_dir, precisions=("fp32",), verify=False)
 
 

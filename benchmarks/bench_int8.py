@@ -53,30 +53,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_checkpoint(work: Path) -> Path:
-    import torch
+    from untrained import untrained_resnet18_checkpoint
 
     from edgereid.data.synthetic import generate_synthetic
-    from edgereid.modeling import create_model
-    from edgereid.recipes import recipe_from_dict
-    from edgereid.training.checkpoint import save_checkpoint
 
     root = work / "synthetic"
     if not root.is_dir():
         generate_synthetic(root, num_ids=100, num_cameras=4, seed=0, size=SOURCE_SIZE)
-    recipe = recipe_from_dict(
-        {
-            "name": "bench-int8-r18",
-            "data": {"root": str(root), "format": "market1501", "size": list(SIZE)},
-            "model": {"backbone": {"name": "resnet18", "last_stride": 1}},
-            "train": {"output_dir": str(work / "runs"), "device": "cpu", "flip_test": False},
-        }
-    )
-    torch.manual_seed(0)
-    model = create_model(recipe.model, num_classes=751).eval()
-    checkpoint = work / "run" / "last.pt"
-    save_checkpoint(checkpoint, recipe=recipe, model_state=model.state_dict(), class_pids=list(range(751)), epoch=0,
-                    iteration=0, metrics={}, training_state={})
-    return checkpoint
+    return untrained_resnet18_checkpoint(work, "bench-int8-r18", root, SIZE)
 
 
 def export(checkpoint: Path, out: Path, cache: Path, images: int, precisions: tuple[str, ...]) -> dict[str, Any]:

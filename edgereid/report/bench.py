@@ -31,8 +31,9 @@ import numpy as np
 
 from edgereid import errors
 from edgereid.errors import ConfigError, DataError, EdgeReIDError
-from edgereid.export.bundle import MANIFEST_NAME, PRECISIONS, ExportBundle, load_bundle
+from edgereid.export.bundle import MANIFEST_NAME, ExportBundle, load_bundle
 from edgereid.runtime.environment import describe_environment
+from edgereid.runtime.runners import select_precisions
 
 if TYPE_CHECKING:
     import onnx
@@ -100,7 +101,8 @@ def bench_target(
     environment = describe_environment()
     runs: list[dict[str, Any]] = []
     for backend in wanted_backends:
-        for precision in _precisions(resolved, backend, precisions):
+        owner = f"{resolved.kind} '{resolved.path}'"
+        for precision in select_precisions(owner, resolved.precisions, backend, precisions, "benchmark"):
             model_bytes = _model_bytes(resolved, backend, precision, runner_options)
             for batch in batches:
                 measured = _run_worker(resolved, backend, precision, batch, warmup, iters, runner_options)
@@ -223,32 +225,6 @@ def _backends(target: BenchTarget, backends: Sequence[str] | None) -> list[str]:
                 f"a {target.kind} ('{target.path}') runs on {', '.join(target.backends)}; got backend {backend!r}"
             )
     return list(dict.fromkeys(backends))
-
-
-def _precisions(target: BenchTarget, backend: str, precisions: Sequence[str] | None) -> list[str]:
-    from edgereid.runtime.runners import runner_class
-
-    runs = runner_class(backend).precisions
-    if precisions is None or len(precisions) == 0:
-        wanted = [precision for precision in target.precisions if precision in runs]
-        if not wanted:
-            raise ConfigError(
-                f"the {backend} backend runs {', '.join(runs)}, and {target.kind} '{target.path}' has "
-                f"{', '.join(target.precisions)}: nothing to benchmark"
-            )
-        return wanted
-    if isinstance(precisions, str):
-        precisions = [precisions]
-    for precision in precisions:
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-        if precision not in target.precisions:
-            raise ConfigError(
-                f"{target.kind} '{target.path}' has no {precision!r} model; it has {', '.join(target.precisions)}"
-            )
-        if precision not in runs:
-            raise ConfigError(f"the {backend} backend runs {', '.join(runs)}; got precision {precision!r}")
-    return list(dict.fromkeys(precisions))
 
 
 def _complexity(target: BenchTarget) -> tuple[int | None, int | None]:

@@ -24,9 +24,9 @@ from edgereid.data.images import DecodedImages, decode_records
 from edgereid.errors import ConfigError, DataError
 from edgereid.evaluation.features import evaluate_features
 from edgereid.evaluation.rank import RankResult
-from edgereid.export.bundle import PRECISIONS, ExportBundle, load_bundle
+from edgereid.export.bundle import ExportBundle, load_bundle
 from edgereid.runtime.embedder import Embedder
-from edgereid.runtime.runners import runner_class
+from edgereid.runtime.runners import select_precisions
 
 VERIFY_KIND = "edgereid.verify"
 VERIFY_SCHEMA_VERSION = 1
@@ -53,7 +53,7 @@ def verify_runtime(
         bundle = load_bundle(bundle)
     if max_images is not None and max_images < 1:
         raise ConfigError(f"max_images must be at least 1, got {max_images}")
-    wanted = _precisions(bundle, backend, precisions)
+    wanted = select_precisions(f"bundle '{bundle.path}'", bundle.precisions, backend, precisions, "verify")
     root, dataset_name, query_records, gallery_records = _load_split(bundle, data_root, max_images)
     query = _decode(query_records, bundle.input_size)
     gallery = _decode(gallery_records, bundle.input_size)
@@ -131,33 +131,6 @@ def dataset_fingerprint(root: Path, query: Sequence[ImageRecord], gallery: Seque
         (os.path.relpath(record.path, root), str(record.pid), int(record.camid)) for record in [*query, *gallery]
     )
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
-
-
-def _precisions(bundle: ExportBundle, backend: str, precisions: Sequence[str] | None) -> list[str]:
-    runs = runner_class(backend).precisions
-    if precisions is None:
-        wanted = [precision for precision in bundle.precisions if precision in runs]
-        if not wanted:
-            raise ConfigError(
-                f"the {backend} backend runs {', '.join(runs)}, and bundle '{bundle.path}' has "
-                f"{', '.join(bundle.precisions)}: nothing to verify"
-            )
-        return wanted
-    if isinstance(precisions, str):
-        precisions = [precisions]
-    wanted = []
-    for precision in precisions:
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-        if precision not in bundle.precisions:
-            raise ConfigError(
-                f"bundle '{bundle.path}' has no {precision!r} model; it has {', '.join(bundle.precisions)}"
-            )
-        if precision not in wanted:
-            wanted.append(precision)
-    if not wanted:
-        raise ConfigError(f"no precision to verify; give at least one of {', '.join(bundle.precisions)}")
-    return wanted
 
 
 def _load_split(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from edgereid.errors import ConfigError
-from edgereid.export.bundle import ExportBundle, load_bundle
+from edgereid.export.bundle import PRECISIONS, ExportBundle, load_bundle
 from edgereid.runtime.runners.base import InferenceTiming, Runner
 
 R = TypeVar("R", bound=type[Runner])
@@ -44,6 +44,34 @@ def runner_class(backend: str) -> type[Runner]:
     return _RUNNERS[backend]
 
 
+def select_precisions(
+    owner: str, available: Sequence[str], backend: str, precisions: Sequence[str] | None, purpose: str
+) -> list[str]:
+    """The precisions of ``owner`` (a bundle or engine, described for messages; it has ``available``) to run on
+    ``backend`` for ``purpose`` ("verify", "benchmark"): all that the backend runs when none are asked for, else the
+    ones asked for, in order without repeats, each known, present and runnable (a ConfigError names the first that
+    is not)."""
+    runs = runner_class(backend).precisions
+    if not precisions:
+        wanted = [precision for precision in available if precision in runs]
+        if not wanted:
+            raise ConfigError(
+                f"the {backend} backend runs {', '.join(runs)}, and {owner} has {', '.join(available)}: nothing to "
+                f"{purpose}"
+            )
+        return wanted
+    if isinstance(precisions, str):
+        precisions = [precisions]
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if precision not in available:
+            raise ConfigError(f"{owner} has no {precision!r} model; it has {', '.join(available)}")
+        if precision not in runs:
+            raise ConfigError(f"the {backend} backend runs {', '.join(runs)}; got precision {precision!r}")
+    return list(dict.fromkeys(precisions))
+
+
 def create_runner(
     bundle: ExportBundle | str | Path, backend: str = "onnxruntime", precision: str = "fp32", **options: Any
 ) -> Runner:
@@ -64,4 +92,4 @@ def create_runner(
     return cls(bundle, precision, **options)
 
 
-__all__ = ["BACKENDS", "InferenceTiming", "Runner", "create_runner", "register_runner", "runner_class"]
+__all__ = ["BACKENDS", "InferenceTiming", "Runner", "create_runner", "register_runner", "runner_class", "select_precisions"]
