@@ -37,7 +37,7 @@ class DemoSettings:
 
 FULL = DemoSettings()
 QUICK = DemoSettings(
-    overrides=("data.synthetic.ids=24", "solver.epochs=1", "solver.iters_per_epoch=3"),
+    overrides=("data.synthetic.ids=24", "data.sampler.p=8", "solver.epochs=1", "solver.iters_per_epoch=3"),
     precisions=("fp32", "int8_cpu"),
     calibration_images=32,
     verify_images=48,

@@ -89,7 +89,7 @@ def test_demo_quick_runs_the_whole_path_and_reports(tmp_path: Path) -> None:
     run = out / "runs" / "quickstart_mutual"
     assert {"recipe.yaml", "metrics.jsonl", "last.pt"} <= {path.name for path in run.iterdir()}
     # Both networks of the mutual run are exported and verified: the student and its teacher.
-    for network, backbone in (("mnv3", "mobilenetv3_small"), ("r18", "resnet18")):
+    for network, backbone in (("cnn16", "plaincnn16"), ("cnn32", "plaincnn32")):
         manifest = json.loads((out / f"bundle-{network}" / "manifest.json").read_text())
         assert manifest["network"] == network and manifest["backbone"] == backbone
         assert set(manifest["models"]) == {"fp32", "int8_cpu"}
@@ -104,7 +104,7 @@ def test_demo_quick_runs_the_whole_path_and_reports(tmp_path: Path) -> None:
     report = json.loads((out / "report" / "report.json").read_text())
     (group,) = report["groups"]
     assert len(group["rows"]) == 4 and (out / "report" / "pareto.png").is_file()
-    assert "│ mnv3 " in result.output and "│ r18 " in result.output  # both networks evaluated
+    assert "│ cnn16 " in result.output and "│ cnn32 " in result.output  # both networks evaluated
     assert "top-1 is the right identity" in result.output and str(out / "report" / "pareto.png") in result.output
 
 

@@ -52,8 +52,9 @@ def _model(backbone: dict, head: dict | None = None) -> nn.Module:
         {"name": "mobilenetv2"},
         {"name": "efficientnet_lite0"},
         {"name": "osnet_x0_25"},
+        {"name": "plaincnn16"},
     ],
-    ids=["resnet18", "resnet18-ibn-a", "mobilenetv2", "efficientnet_lite0", "osnet_x0_25"],
+    ids=["resnet18", "resnet18-ibn-a", "mobilenetv2", "efficientnet_lite0", "osnet_x0_25", "plaincnn16"],
 )
 def test_folding_keeps_the_output_and_removes_every_batchnorm2d(backbone: dict) -> None:
     model = _model(backbone)
@@ -164,7 +165,7 @@ def test_bundle_layout_and_manifest(bundle_dir: Path, checkpoint: Path) -> None:
     assert manifest["input"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert manifest["input"]["std"] == pytest.approx([0.229, 0.224, 0.225])
     assert manifest["output"]["feature_dim"] == 512
-    assert manifest["opset"] == 17 and manifest["folded"] is True
+    assert manifest["opset"] == 20 and manifest["folded"] is True
     assert manifest["source"]["checkpoint"] == str(checkpoint.resolve()) and manifest["source"]["epoch"] == 3
     entry = manifest["models"]["fp32"]
     data = (bundle_dir / "model.fp32.onnx").read_bytes()
@@ -231,6 +232,9 @@ def test_bad_requests_are_named(checkpoint: Path, bundle_dir: Path, tmp_path: Pa
         export_checkpoint(checkpoint, tmp_path / "out", precisions=("fp32", "int4"))
     with pytest.raises(ConfigError, match="no network 'peer'"):
         export_checkpoint(checkpoint, tmp_path / "out", network="peer")
+    for opset in (12, 21):
+        with pytest.raises(ConfigError, match=f"--opset {opset}: expected 13 to 20; TensorRT 10.3"):
+            export_checkpoint(checkpoint, tmp_path / "out", opset=opset)
     assert not (tmp_path / "out").exists()
 
 

@@ -61,7 +61,7 @@ def test_every_backbone_trains_and_embeds(name: str) -> None:
     assert embedding.shape == (2, model.feature_dim) and model.feature_dim == channels
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnest50", "mobilenetv2", "osnet_x0_25"])
+@pytest.mark.parametrize("name", ["resnet18", "resnest50", "mobilenetv2", "osnet_x0_25", "plaincnn16"])
 def test_last_stride_two_halves_the_map(name: str) -> None:
     sizes = {}
     for stride in (1, 2):
@@ -187,6 +187,20 @@ def test_local_distance_matches_naive_dp() -> None:
         x = torch.randn(3, h, 4, generator=generator, dtype=torch.float64)
         y = torch.randn(2, h, 4, generator=generator, dtype=torch.float64)
         assert torch.allclose(local_distance_matrix(x, y), naive_local_distance(x, y), atol=1e-6)
+
+
+def test_backbones_without_imagenet_weights_refuse_the_download() -> None:
+    for name in ("plaincnn16", "osnet_x0_25"):
+        with pytest.raises(ConfigError, match=f"model.backbone.pretrained: .*'{name}'"):
+            model_for(backbone={"name": name, "pretrained": "imagenet"})
+
+
+def test_plaincnn_keeps_full_resolution_in_its_first_stage() -> None:
+    backbone = model_for(backbone={"name": "plaincnn16"}).backbone
+    convs = [module for module in backbone.stages[0].modules() if isinstance(module, nn.Conv2d)]
+    assert len(convs) == 2 and all(conv.stride == (1, 1) for conv in convs)
+    assert backbone.stages[0](torch.randn(1, 3, 64, 32)).shape == (1, 16, 32, 16)  # then one 2x2 max pool
+    assert backbone.channels == 128
 
 
 def test_unknown_backbone_suggests_the_close_name() -> None:

@@ -20,8 +20,8 @@ from edgereid.demo import DEFAULT_RECIPE
     type=click.Choice(["quickstart_mutual", "quickstart"]),
     default=DEFAULT_RECIPE,
     show_default=True,
-    help="quickstart_mutual trains a MobileNetV3-Small student with a ResNet-18 teacher (mutual learning); "
-    "quickstart trains the ResNet-18 alone.",
+    help="quickstart_mutual trains a plaincnn16 student with a plaincnn32 teacher (mutual learning); "
+    "quickstart trains the plaincnn16 alone.",
 )
 @click.option("--device", default="auto", show_default=True, help="Training device: auto (a GPU when there is one), cpu, cuda.")
 def demo(out: Path, quick: bool, recipe_name: str, device: str) -> None:

@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from edgereid.cli._output import console, print_json, require_extra
+from edgereid.export.bundle import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 if TYPE_CHECKING:
     from edgereid.export import ExportBundle
@@ -43,7 +44,8 @@ def _size(num_bytes: int) -> str:
 @click.option("--calibration-seed", type=int, help="Seed of the calibration draw (default: the policy's).")
 @click.option("--calibration-cache", "calibration_cache_dir", type=click.Path(path_type=Path),
               help="Where decoded calibration sets and tensor ranges are cached (default ~/.cache/edgereid/calibration).")
-@click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True)
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
+              help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (17 for TensorRT 8.6 / JetPack 6.0).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export_command(

@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 # Not imported from onnx_export (which needs torch): reading a bundle needs numpy and onnxruntime only.
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
+# ONNX opsets: TensorRT 10.3 (JetPack 6.1/6.2) parses 9 to 20, which is also the newest torch's TorchScript exporter
+# writes; TensorRT 8.6 (JetPack 6.0) parses up to 17. 13 is the first with per-channel QuantizeLinear.
+MIN_OPSET = 13
+MAX_OPSET = 20
+DEFAULT_OPSET = MAX_OPSET
 
 
 class ExportError(EdgeReIDError):
@@ -188,13 +193,21 @@ def _random_parity(model: torch.nn.Module, onnx_path: Path, input_size: tuple[in
     }
 
 
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(
+            f"--opset {opset}: expected {MIN_OPSET} to {MAX_OPSET}; TensorRT 10.3 (JetPack 6.1/6.2) parses ONNX opsets "
+            f"up to {MAX_OPSET}, TensorRT 8.6 (JetPack 6.0) up to 17, and per-channel INT8 needs {MIN_OPSET} or newer"
+        )
+
+
 def export_checkpoint(
     checkpoint_path: str | Path,
     out_dir: str | Path,
     *,
     precisions: Sequence[str] = ("fp32",),
     network: str | None = None,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     verify: bool = False,
     data_root: str | Path | None = None,
@@ -223,6 +236,7 @@ def export_checkpoint(
     from edgereid.training.evaluate import build_model
 
     wanted = check_precisions(precisions)
+    check_opset(opset)
     int8_wanted = [precision for precision in wanted if precision.startswith("int8")]
     policy = None
     if int8_wanted:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from edgereid.atomic import atomic_write_bytes
-from edgereid.export.bundle import INPUT_NAME, OUTPUT_NAME, ExportError
+from edgereid.export.bundle import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportError, check_opset
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def export_onnx(
     path: str | Path,
     input_size: tuple[int, int],
     *,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
     simplify: bool = True,
 ) -> dict[str, Any]:
@@ -71,6 +71,7 @@ def export_onnx(
     """
     import onnx
 
+    check_opset(opset)
     path = Path(path)
     height, width = input_size
     was_training = model.training

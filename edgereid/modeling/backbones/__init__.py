@@ -1,6 +1,6 @@
 """The built-in backbones; importing this package registers them."""
 
-from edgereid.modeling.backbones import efficientnet, mobilenet, osnet, resnet
+from edgereid.modeling.backbones import efficientnet, mobilenet, osnet, plaincnn, resnet
 from edgereid.modeling.backbones.base import Backbone
 
-__all__ = ["Backbone", "efficientnet", "mobilenet", "osnet", "resnet"]
+__all__ = ["Backbone", "efficientnet", "mobilenet", "osnet", "plaincnn", "resnet"]
