@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor, nn
 
 from edgereid.errors import ConfigError
+from edgereid.modeling.config import BackboneConfig
 
 
 class Backbone(nn.Module):
@@ -37,6 +38,12 @@ def reject_options(name: str, *, ibn: str | None, non_local: Sequence[int]) -> N
         raise ConfigError(
             f"model.backbone.non_local: {list(non_local)} applies to ResNet backbones only, not '{name}'; leave it out"
         )
+
+
+def refuse_imagenet_download(cfg: BackboneConfig, instead: str) -> None:
+    """Refuse ``pretrained: imagenet`` for a backbone that neither torchvision nor timm can download."""
+    if cfg.pretrained == "imagenet":
+        raise ConfigError(f"model.backbone.pretrained: 'imagenet' has no download for '{cfg.name}'; {instead}")
 
 
 def set_stride_one(module: nn.Module) -> None:

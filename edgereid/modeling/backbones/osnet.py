@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from edgereid.errors import ConfigError
-from edgereid.modeling.backbones.base import Backbone, reject_options
+from edgereid.modeling.backbones.base import Backbone, refuse_imagenet_download, reject_options
 from edgereid.modeling.config import BackboneConfig
 from edgereid.modeling.registry import register_backbone
 
@@ -148,11 +147,9 @@ _WIDTHS: dict[str, tuple[int, int, int, int]] = {
 
 def _osnet(cfg: BackboneConfig) -> OSNet:
     reject_options(cfg.name, ibn=cfg.ibn, non_local=cfg.non_local)
-    if cfg.pretrained == "imagenet":
-        raise ConfigError(
-            f"model.backbone.pretrained: 'imagenet' has no download for '{cfg.name}' (timm and torchvision lack "
-            "OSNet); give the path of torchreid's ImageNet file instead"
-        )
+    refuse_imagenet_download(
+        cfg, "timm and torchvision lack OSNet: give the path of torchreid's ImageNet file instead"
+    )
     return OSNet(_WIDTHS[cfg.name], last_stride=cfg.last_stride)
 
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from edgereid.errors import ConfigError
-from edgereid.modeling.backbones.base import Backbone, reject_options
+from edgereid.modeling.backbones.base import Backbone, refuse_imagenet_download, reject_options
 from edgereid.modeling.config import BackboneConfig
 from edgereid.modeling.registry import register_backbone
 
@@ -62,11 +61,7 @@ _WIDTHS = {"plaincnn16": 16, "plaincnn32": 32}
 
 def _plaincnn(cfg: BackboneConfig) -> PlainCNN:
     reject_options(cfg.name, ibn=cfg.ibn, non_local=cfg.non_local)
-    if cfg.pretrained == "imagenet":
-        raise ConfigError(
-            f"model.backbone.pretrained: '{cfg.name}' has no ImageNet weights; leave pretrained out (it trains from "
-            "scratch) or give the path of a checkpoint of the same network"
-        )
+    refuse_imagenet_download(cfg, "it has no ImageNet weights and trains from scratch: leave pretrained out")
     return PlainCNN(_WIDTHS[cfg.name], last_stride=cfg.last_stride)
 
 
