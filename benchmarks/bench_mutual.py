@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="applied to both recipes (e.g. solver.epochs=6)")
     parser.add_argument("--taught-set", dest="taught_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="applied to the --taught recipe only (e.g. mutual.kl_weight=0.01)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs already in --out (same recipes, teaching and budget) and run only the "
+                        "seeds it lacks, e.g. to add seeds or to go on after an interruption")
     parser.add_argument("--device", default=None, help="training device (default: the recipes' own)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "mutual-quickstart.json")
     return parser.parse_args(argv)
@@ -118,6 +121,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "batch": alone.data.sampler.p * alone.data.sampler.k, "flip_test": alone.train.flip_test},
         "runs": {"alone": [], "taught": []},
     }
+    if args.append and args.out.is_file():
+        earlier = json.loads(args.out.read_text())
+        for key in ("recipes", "budget"):
+            if earlier[key] != results[key]:
+                raise SystemExit(f"--append: {args.out} holds runs of other {key} ({earlier[key]}); give another --out")
+        results["runs"] = earlier["runs"]
+        results["command"] = f"{earlier['command']}; then {results['command']}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def write() -> None:
@@ -127,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-mutual-") as scratch:
         for seed in seeds:
             for arm, recipe in (("alone", alone), ("taught", taught)):
+                if any(run["seed"] == seed for run in results["runs"][arm]):
+                    continue
                 row = run_arm(recipe, seed, args.device, Path(scratch))
                 results["runs"][arm].append(row)
                 print(f"seed {seed} {arm:6s}: {json.dumps(row)}", flush=True)

@@ -287,6 +287,20 @@ def test_recipe_validation(data_root: Path, tmp_path: Path, teacher_run: Path) -
 
 
 @pytest.mark.slow
+def test_without_mutual_losses_the_student_trains_exactly_as_alone(data_root: Path, tmp_path: Path) -> None:
+    """Building peers, and their forward passes, draw none of the random numbers the student's training uses
+    (augmentation and sampling have generators of their own): with both mutual weights at 0 the student ends bit for
+    bit where it ends alone, so benchmarks/bench_mutual.py compares runs that differ by the mutual losses alone."""
+    taught = train(mutual_recipe(data_root, tmp_path / "taught", kl_weight=0.0, metric_weight=0.0), show_progress=False)
+    content = mutual_recipe(data_root, tmp_path / "alone").model_dump(mode="json")
+    del content["mutual"]
+    alone = train(recipe_from_dict(content), show_progress=False)
+    taught_state, alone_state = load_checkpoint(taught.run_dir).model_state, load_checkpoint(alone.run_dir).model_state
+    assert taught_state.keys() == alone_state.keys()
+    for key, value in alone_state.items():
+        assert torch.equal(taught_state[key], value), key
+
+
 def test_mutual_resume_continues_exactly(data_root: Path, tmp_path: Path) -> None:
     import shutil
 
