@@ -9,7 +9,9 @@ Vectors have ReID-like structure: each identity is a random unit centre, and eac
 identity in the gallery) is ``centre + noise`` L2-normalised, with the noise set so that a view has cosine ~0.74 to
 its centre and ~0.55 to another view of its identity (two unrelated 512-d vectors: ~0 ± 0.044). Queries are fresh
 views of random gallery identities. Uniform random vectors would be a worst case for graph and quantised indexes
-that no ReID gallery resembles.
+that no ReID gallery resembles. ``--families N`` draws the identity centres around N appearance families (two
+identities of a family at cosine ~0.5, as people dressed alike), ``--intrinsic-dim`` puts everything in a subspace;
+the result records which share of the exact top-10 is the query's own identity (the rest are chance neighbours).
 
 For each size, through ``edgereid.runtime.gallery.Gallery``:
 
@@ -53,6 +55,8 @@ from edgereid.runtime.gallery import Gallery
 MODEL_ID = "bench"
 # Noise norm per view; cos(view, centre) = 1 / sqrt(1 + NOISE**2) ~ 0.74.
 NOISE = 0.9
+# Noise norm of an identity centre around its family's; two identities of a family: cosine ~1 / (1 + 1) = 0.5.
+FAMILY_NOISE = 1.0
 TOP_K = 10
 
 
@@ -74,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--intrinsic-dim", type=int, default=0,
                         help="draw centres and views in a random subspace of this many dimensions (0: the full "
                         "space, the worst case); trained ReID embeddings concentrate in a few dozen dimensions")
+    parser.add_argument("--families", type=int, default=0,
+                        help="draw identity centres around this many appearance families (0: independent centres, "
+                        "isolated clusters with nothing to guide a graph search between them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "gallery.json")
     parser.add_argument("--json", action="store_true", help="print the results as JSON at the end")
@@ -92,11 +99,13 @@ def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
 
 
 def make_data(
-    size: int, dim: int, num_queries: int, views: int, seed: int, intrinsic_dim: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(gallery, queries): views of identity centres, built in chunks to keep the peak near the result's size;
-    with ``intrinsic_dim`` everything lies in one random subspace of that dimension (an orthonormal basis keeps
-    unit vectors unit)."""
+    size: int, dim: int, num_queries: int, views: int, seed: int, intrinsic_dim: int = 0, families: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gallery, queries, query identities): views of identity centres, built in chunks to keep the peak near the
+    result's size; gallery row i is a view of identity ``i % (size // views)``. With ``intrinsic_dim`` everything
+    lies in one random subspace of that dimension (an orthonormal basis keeps unit vectors unit); with ``families``
+    the identity centres are drawn around that many family centres (cosine ~0.5 between two identities of a family)
+    instead of independently."""
     rng = np.random.default_rng(seed)
     space = intrinsic_dim or dim
     basis = np.linalg.qr(rng.standard_normal((dim, space)))[0].T.astype(np.float32) if intrinsic_dim else None
@@ -105,7 +114,12 @@ def make_data(
         return vectors if basis is None else vectors @ basis
 
     num_ids = max(1, size // views)
-    centres = unit_rows(rng, num_ids, space)
+    if families:
+        family_of = np.arange(num_ids) % families
+        centres = unit_rows(rng, families, space)[family_of] + FAMILY_NOISE * unit_rows(rng, num_ids, space)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    else:
+        centres = unit_rows(rng, num_ids, space)
     gallery = np.empty((size, dim), dtype=np.float32)
     chunk = 100_000
     for start in range(0, size, chunk):
@@ -117,7 +131,7 @@ def make_data(
     query_ids = rng.integers(0, num_ids, num_queries)
     queries = embed(centres[query_ids] + NOISE * unit_rows(rng, num_queries, space))
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    return gallery, queries
+    return gallery, queries, query_ids
 
 
 def ids_of(matches: list[list[Any]]) -> list[list[int]]:
@@ -171,7 +185,9 @@ def build(factory: str, data: np.ndarray, dim: int, train_rows: int | None = Non
 def bench_size(args: argparse.Namespace, size: int, results: dict[str, Any], write: Any) -> None:
     entry: dict[str, Any] = {"size": size}
     results["sizes"][str(size)] = entry
-    data, queries = make_data(size, args.dim, args.queries, args.views, args.seed, args.intrinsic_dim)
+    data, queries, query_ids = make_data(
+        size, args.dim, args.queries, args.views, args.seed, args.intrinsic_dim, args.families
+    )
 
     flat = build("Flat", data, args.dim)
     gallery = flat.pop("gallery")
@@ -184,6 +200,12 @@ def bench_size(args: argparse.Namespace, size: int, results: dict[str, Any], wri
         "batch_ms_per_query": round(1000 * exact_s / len(queries), 4),
         "single_query_ms": round(single_query_ms(gallery, queries, args.single_queries), 3),
     }
+    # How much of the exact top-10 is the query's own identity; the rest are other vectors that happen to lie
+    # closer, which no index finds by following structure.
+    num_ids = max(1, size // args.views)
+    entry["exact_top10_own_identity_share"] = round(
+        float(np.mean([[item % num_ids == identity for item in row] for row, identity in zip(exact_ids, query_ids)])), 4
+    )
     del gallery
     write()
 
@@ -283,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "noise": NOISE,
             "structure": "identity centres + noisy L2-normalised views; queries are fresh views",
             "intrinsic_dim": args.intrinsic_dim or args.dim,
+            "families": args.families or None,
             "seed": args.seed,
             "top_k": TOP_K,
         },
