@@ -148,6 +148,23 @@ def timed_search(gallery: Gallery, queries: np.ndarray, **options: Any) -> tuple
     return time.perf_counter() - started, ids_of(matches)
 
 
+def sweep_search(
+    gallery: Gallery, queries: np.ndarray, exact_ids: list[list[int]], exact_s: float, parameter: str, values: str
+) -> list[dict[str, Any]]:
+    """Batch time, recall@10 against exact and speed-up for each comma-separated value of a search ``parameter``."""
+    rows = []
+    for value in (int(v) for v in values.split(",")):
+        seconds, found = timed_search(gallery, queries, **{parameter: value})
+        rows.append({
+            parameter: value,
+            "batch_s": round(seconds, 4),
+            "batch_ms_per_query": round(1000 * seconds / len(queries), 4),
+            "recall_at_10": round(recall_at_k(found, exact_ids), 4),
+            "speedup_vs_exact": round(exact_s / seconds, 1),
+        })
+    return rows
+
+
 def single_query_ms(gallery: Gallery, queries: np.ndarray, count: int, **options: Any) -> float:
     times = []
     for row in queries[:count]:
@@ -212,16 +229,7 @@ def bench_size(args: argparse.Namespace, size: int, results: dict[str, Any], wri
     hnsw_factory = f"HNSW{args.hnsw_m}"
     hnsw = build(hnsw_factory, data, args.dim, ef_construction=args.ef_construction)
     gallery = hnsw.pop("gallery")
-    sweep = []
-    for ef in (int(v) for v in args.ef_search.split(",")):
-        seconds, found = timed_search(gallery, queries, ef_search=ef)
-        sweep.append({
-            "ef_search": ef,
-            "batch_s": round(seconds, 4),
-            "batch_ms_per_query": round(1000 * seconds / len(queries), 4),
-            "recall_at_10": round(recall_at_k(found, exact_ids), 4),
-            "speedup_vs_exact": round(exact_s / seconds, 1),
-        })
+    sweep = sweep_search(gallery, queries, exact_ids, exact_s, "ef_search", args.ef_search)
     chosen = next((row for row in sweep if row["recall_at_10"] >= args.target_recall), None)
     if chosen is not None:
         chosen = {
@@ -248,16 +256,7 @@ def bench_size(args: argparse.Namespace, size: int, results: dict[str, Any], wri
         train_rows = min(size, 40 * nlist)
         ivf = build(args.ivfpq, data, args.dim, train_rows=train_rows)
         gallery = ivf.pop("gallery")
-        probes = []
-        for nprobe in (int(v) for v in args.nprobe.split(",")):
-            seconds, found = timed_search(gallery, queries, nprobe=nprobe)
-            probes.append({
-                "nprobe": nprobe,
-                "batch_s": round(seconds, 4),
-                "batch_ms_per_query": round(1000 * seconds / len(queries), 4),
-                "recall_at_10": round(recall_at_k(found, exact_ids), 4),
-                "speedup_vs_exact": round(exact_s / seconds, 1),
-            })
+        probes = sweep_search(gallery, queries, exact_ids, exact_s, "nprobe", args.nprobe)
         saved = index_bytes(gallery)
         quantizer_bytes = nlist * args.dim * 4
         per_vector = (saved - quantizer_bytes) / size

@@ -6,8 +6,8 @@ backbones drop to 1/4 of it in their stem, which at 64×32 leaves a pedestrian a
 feature is learnt. Plain convolutions and ReLU quantize cleanly to INT8 and run on every accelerator.
 
 On the synthetic data set at 64×32 on 2 CPU cores, ``plaincnn16`` trains about 4.6× faster than ResNet-18 per
-image and reaches about 3× its mAP in the quickstart's budget (docs/BENCHMARKS.md, "Training"). There are no
-ImageNet weights for it: it trains from scratch.
+image and reaches nearly 4× its mAP in the quickstart's budget (docs/BENCHMARKS.md, "Training"). There
+are no ImageNet weights for it: it trains from scratch.
 """
 
 from __future__ import annotations
