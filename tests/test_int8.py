@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from edgereid.cli import _ReportingGroup
 from edgereid.cli.export import export_command, print_bundle
+from edgereid.data.holdout import split_first_per_key
 from edgereid.data.images import decode_records, normalize_images
 from edgereid.data.records import ImageRecord
 from edgereid.data.registry import load_dataset
@@ -29,6 +30,7 @@ from edgereid.export.calibration import (
     CalibrationPolicy,
     load_calibration_policy,
     load_calibration_set,
+    select_heldout_records,
     shipped_policies,
 )
 from edgereid.export.precision import OrtQuantizer, check_calibration_method, prepare_calibration
@@ -119,6 +121,26 @@ def test_policy_caps_images_per_identity_spread_over_cameras() -> None:
     assert Counter(record.pid for record in unbalanced.eligible(train)) == per_identity
     # Drawn at random within an identity, some identity keeps two images of one camera (seed 2).
     assert any(len({r.camid for r in unbalanced.eligible(train) if r.pid == pid}) < 3 for pid in range(6))
+
+
+def test_heldout_draw_forms_a_query_gallery_with_more_identity_camera_groups_than_images() -> None:
+    # Market-like: 60 identities x 4 cameras x 5 images (240 groups) and a 100-image budget, plus one identity seen
+    # by a single camera. A draw of one image per (identity, camera) would leave every image a query.
+    train = [ImageRecord(Path(f"{pid:04d}_c{cam}_{i}.jpg"), pid, cam) for pid in range(60) for cam in range(4)
+             for i in range(5)]
+    train += [ImageRecord(Path(f"0999_c0_{i}.jpg"), 999, 0) for i in range(8)]
+    chosen = select_heldout_records(train, 100, seed=1, images_per_identity=8)
+    assert chosen == select_heldout_records(list(reversed(train)), 100, seed=1, images_per_identity=8)
+    assert len(chosen) == 96 and len(set(chosen)) == 96  # 12 identities x 8: a 13th would not fit whole
+    per_identity = Counter(record.pid for record in chosen)
+    assert set(per_identity.values()) == {8} and 999 not in per_identity
+    for pid in per_identity:  # two images from each of the identity's four cameras
+        assert Counter(record.camid for record in chosen if record.pid == pid) == {0: 2, 1: 2, 2: 2, 3: 2}
+    query, gallery = split_first_per_key(chosen, lambda record: (record.pid, record.camid))
+    assert (len(query), len(gallery)) == (48, 48)
+    assert select_heldout_records(train, 100, seed=2, images_per_identity=8) != chosen
+    # An identity seen by one camera has no valid match: a set of only such identities yields nothing.
+    assert select_heldout_records([r for r in train if r.pid == 999], 100, seed=1, images_per_identity=8) == []
 
 
 def test_calibration_methods_map_to_each_target() -> None:

@@ -24,6 +24,8 @@ SHIPPED = [
     "distill_efficientnet_lite0",
     "distill_mobilenetv2",
     "quickstart_mutual",
+    "student_mobilenetv2_cpu",
+    "mutual_mobilenetv2_cpu",
 ]
 
 
@@ -61,6 +63,17 @@ def test_shipped_recipes_carry_their_distinguishing_settings() -> None:
         distill = load_recipe(f"distill_{student}")
         assert distill.distill is not None and distill.model.backbone.name == student.replace("r18", "resnet18")
         assert distill.data.size == load_recipe("bot_r50_ibn").data.size  # the default teacher's input size
+    cpu_student = load_recipe("student_mobilenetv2_cpu")
+    assert cpu_student.model == load_recipe("student_mobilenetv2").model
+    assert cpu_student.data.size == (128, 64) and cpu_student.train.device == "cpu"
+    # The CPU mutual recipe is its student's recipe plus a peer, nothing else: the pair measures the peer alone.
+    cpu_mutual = load_recipe("mutual_mobilenetv2_cpu")
+    assert cpu_mutual.mutual is not None
+    assert {name: config.backbone.name for name, config in cpu_mutual.networks().items()} == {
+        "mnv2": "mobilenetv2", "effl0": "efficientnet_lite0"
+    }
+    assert cpu_mutual.model_copy(update={"name": cpu_student.name, "description": cpu_student.description,
+                                         "mutual": None}) == cpu_student
     # Inherited from the base, overridden where the child says so.
     assert load_recipe("bot_r50_ibn").data.sampler.p == 16
 

@@ -147,6 +147,34 @@ def select_calibration_records(
     return _round_robin(_groups(ordered, lambda record: (record.pid, record.camid), rng))[:num_images]
 
 
+def select_heldout_records(
+    train: Sequence[ImageRecord], num_images: int, seed: int, images_per_identity: int
+) -> list[ImageRecord]:
+    """Up to ``num_images`` train records that form a query/gallery protocol: identities in a seeded random order,
+    each with up to ``images_per_identity`` of its images spread over its cameras (so each camera's first image can
+    be a query and the others its matches), each identity whole or not at all. Identities seen by one camera only
+    are skipped: none of their queries could have a valid match.
+
+    A draw spread over every (identity, camera) — the calibration's — would not do: with more such groups than
+    ``num_images`` (Market-1501's 500 train identities have 2,140) it takes one image per group, every image
+    becomes a query and the gallery is empty.
+    """
+    rng = random.Random(seed)
+    by_identity: dict[int, list[ImageRecord]] = defaultdict(list)
+    for record in sorted(train, key=lambda record: str(record.path)):
+        by_identity[record.pid].append(record)
+    identities = sorted(by_identity)
+    rng.shuffle(identities)
+    chosen: list[ImageRecord] = []
+    for pid in identities:
+        spread = _round_robin(_groups(by_identity[pid], lambda record: record.camid, rng))[:images_per_identity]
+        if len(chosen) + len(spread) > num_images:
+            break
+        if len({record.camid for record in spread}) >= 2:
+            chosen.extend(spread)
+    return chosen
+
+
 def _groups(records: list[ImageRecord], key: Any, rng: random.Random) -> list[list[ImageRecord]]:
     """``records`` grouped by ``key`` (groups in key order, then each group and the list shuffled)."""
     grouped: dict[Any, list[ImageRecord]] = defaultdict(list)

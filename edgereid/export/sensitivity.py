@@ -30,11 +30,13 @@ from edgereid.data.holdout import split_first_per_key
 from edgereid.data.records import ImageRecord
 from edgereid.errors import DataError
 from edgereid.export.bundle import OUTPUT_NAME, ExportError, _cosine, _session, embed_onnx
-from edgereid.export.calibration import CalibrationSet, select_calibration_records
+from edgereid.export.calibration import CalibrationSet, select_heldout_records
 from edgereid.export.precision import INT8_PRECISIONS, OrtQuantizer, quantize_int8
 from edgereid.recipes.schema import DataConfig
 
 DEFAULT_HELDOUT_IMAGES = 1000
+# About two images per camera of a Market-1501 identity: one query and one match per camera.
+HELDOUT_IMAGES_PER_IDENTITY = 8
 SENSITIVITY_IMAGES = 32
 # Seeds the held-out draw apart from the calibration draw (which has already removed its own images).
 _HELDOUT_SEED = 1
@@ -64,7 +66,7 @@ class HeldOutScorer:
 
         used = set(calibration.paths)
         remaining = [record for record in train if str(record.path) not in used]
-        chosen = select_calibration_records(remaining, max_images, _HELDOUT_SEED) if remaining else []
+        chosen = select_heldout_records(remaining, max_images, _HELDOUT_SEED, HELDOUT_IMAGES_PER_IDENTITY)
         query, gallery = split_first_per_key(chosen, lambda record: (record.pid, record.camid))
         # A query counts only with a match of its identity from another camera in the gallery (Market protocol).
         matchable = {(record.pid, record.camid) for record in gallery}
