@@ -35,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from edgereid.export import ExportBundle
+from edgereid.export.bundle import ORT_DISABLED_OPTIMIZERS
 
 SIZE = (256, 128)
 SOURCE_SIZE = (128, 64)
@@ -102,7 +103,8 @@ def throughput(bundle: ExportBundle, checkpoint: Path, batches: list[int], threa
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(bundle.model_path(precision)), options,
-                                       providers=["CPUExecutionProvider"])
+                                       providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
         results[f"onnxruntime_{precision}"] = {
             str(batch): time_runs(lambda x, s=session: s.run(None, {"images": x}),
                                   rng.standard_normal((batch, 3, *SIZE), dtype=np.float32), warmup, iters)
@@ -121,7 +123,8 @@ def cosine_to_fp32(bundle: ExportBundle, images: np.ndarray) -> dict[str, float]
     import onnxruntime as ort
 
     def embed(precision: str) -> np.ndarray:
-        session = ort.InferenceSession(str(bundle.model_path(precision)), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(bundle.model_path(precision)), providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
         output = np.asarray(session.run(None, {"images": images})[0], dtype=np.float64)
         return output / np.linalg.norm(output, axis=1, keepdims=True)
 

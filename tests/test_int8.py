@@ -143,6 +143,50 @@ def test_heldout_draw_forms_a_query_gallery_with_more_identity_camera_groups_tha
     assert select_heldout_records([r for r in train if r.pid == 999], 100, seed=1, images_per_identity=8) == []
 
 
+def test_a_layer_kept_in_float_runs_in_float_in_onnx_runtime(tmp_path: Path) -> None:
+    # DQ -> Conv (float weights) -> Q: the shape of a layer an INT8 model keeps in float. One weight 100x the others
+    # makes a per-tensor INT8 weight scale (what ONNX Runtime's WeightBiasQuantization applies at load time) round
+    # every other weight to 0 or +-0.8.
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    weight[0, 0] = 100.0
+    in_scale, out_scale = np.float32(1 / 255), np.float32(8 / 127)
+    initializers = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.array(in_scale), "in_scale"),
+        numpy_helper.from_array(np.array(0, np.uint8), "in_zero"),
+        numpy_helper.from_array(np.array(out_scale), "out_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "out_zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["images", "in_scale", "in_zero"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "in_scale", "in_zero"], ["x"]),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="kept_in_float"),
+        helper.make_node("QuantizeLinear", ["y", "out_scale", "out_zero"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "out_scale", "out_zero"], ["embeddings"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, [1, 4, 8, 8])], initializers,
+    )
+    path = tmp_path / "mixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+    images = rng.uniform(0, 1, (1, 4, 8, 8)).astype(np.float32)
+    images[:, 0] *= 0.01
+    dequantized = np.round(images / in_scale) * in_scale
+    expected = np.clip(np.round(np.einsum("oi,nihw->nohw", weight[:, :, 0, 0], dequantized) / out_scale), -128, 127)
+    expected *= out_scale
+
+    def error(session: ort.InferenceSession) -> float:
+        return float(np.abs(session.run(None, {"images": images})[0] - expected).max())
+
+    assert error(bundle_module._session(path)) <= out_scale + 1e-6  # one rounding step at most
+    # ONNX Runtime's own default quantizes the float weights at load time: what the edgereid sessions turn off.
+    assert error(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])) > 5 * out_scale
+
+
 def test_calibration_methods_map_to_each_target() -> None:
     check_calibration_method("percentile", ["int8_cpu"])
     check_calibration_method("max", ["int8", "int8_cpu"])
@@ -288,6 +332,7 @@ def test_cli_over_budget_keeps_the_most_sensitive_layers_in_float(
     entry = bundle.manifest["models"]["int8_cpu"]
     accuracy = entry["accuracy"]
     assert entry["tolerance_mAP_points"] == 0.0 and accuracy["max_mAP_drop_points"] == 0.0
+    assert entry["onnxruntime_disabled_optimizers"] == ["WeightBiasQuantization"]
     # The held-out protocol is train images outside the calibration set, not the test query/gallery.
     assert accuracy["heldout"]["num_query"] > 0 and accuracy["heldout"]["split"].startswith("train")
     assert accuracy["drop_points_before"] > 0.0  # this seeded tiny model loses mAP fully quantized...

@@ -28,6 +28,13 @@ from edgereid.atomic import atomic_write_bytes, publish_directory
 from edgereid.data.images import normalize_images
 from edgereid.errors import ConfigError, DataError, EdgeReIDError
 
+# ONNX Runtime graph optimisations every edgereid session turns off. WeightBiasQuantization (ONNX Runtime 1.21+)
+# quantizes, at load time, the float weights of a layer that sits between a DequantizeLinear and a QuantizeLinear —
+# exactly the layers an INT8 model keeps in float — per tensor: on a fine-tuned MobileNetV2 (market1501-holdout) one
+# such layer took the embeddings' cosine to FP32 from 0.87 to 0.01. Other ONNX Runtime users of these models should
+# pass the same list (``InferenceSession(..., disabled_optimizers=[...])``); older versions ignore the name.
+ORT_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+
 if TYPE_CHECKING:
     import torch
 
@@ -391,7 +398,8 @@ def _session(path: Path) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

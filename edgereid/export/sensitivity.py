@@ -29,7 +29,14 @@ import numpy as np
 from edgereid.data.holdout import split_first_per_key
 from edgereid.data.records import ImageRecord
 from edgereid.errors import DataError
-from edgereid.export.bundle import OUTPUT_NAME, ExportError, _cosine, _session, embed_onnx
+from edgereid.export.bundle import (
+    ORT_DISABLED_OPTIMIZERS,
+    OUTPUT_NAME,
+    ExportError,
+    _cosine,
+    _session,
+    embed_onnx,
+)
 from edgereid.export.calibration import CalibrationSet, select_heldout_records
 from edgereid.export.precision import INT8_PRECISIONS, OrtQuantizer, quantize_int8
 from edgereid.recipes.schema import DataConfig
@@ -158,6 +165,8 @@ def quantize_within_budget(
             return quantize_int8(fp32_path, target, calibration, method=method, exclude=exclude)
 
         entry = quantize(())
+        # What an ONNX Runtime user outside edgereid must also turn off for the layers kept in float to stay float.
+        entry["onnxruntime_disabled_optimizers"] = list(ORT_DISABLED_OPTIMIZERS)
         if max_map_drop is None:
             return {**entry, "accuracy": None}
         try:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgereid.errors import ConfigError, EdgeReIDError
-from edgereid.export.bundle import ExportBundle
+from edgereid.export.bundle import ORT_DISABLED_OPTIMIZERS, ExportBundle
 from edgereid.runtime.runners import register_runner
 from edgereid.runtime.runners.base import InferenceTiming, Runner
 
@@ -82,7 +82,8 @@ class OnnxRuntimeRunner(Runner):
             options.intra_op_num_threads = threads
         path = bundle.model_path(precision)
         try:
-            self._session: Any = ort.InferenceSession(str(path), options, providers=wanted)
+            self._session: Any = ort.InferenceSession(str(path), options, providers=wanted,
+                                                      disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
         except Exception as error:  # noqa: BLE001 - its pybind11 errors (Fail, InvalidGraph, …) derive from Exception
             raise EdgeReIDError(f"ONNX Runtime cannot load '{path}': {error}") from None
         self.providers: list[str] = list(self._session.get_providers())
