@@ -187,6 +187,24 @@ def test_a_layer_kept_in_float_runs_in_float_in_onnx_runtime(tmp_path: Path) -> 
     assert error(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])) > 5 * out_scale
 
 
+@pytest.mark.parametrize("total", [1, 2, 7, 52])
+def test_search_for_layers_kept_in_float_finds_the_smallest_count_in_few_tries(total: int) -> None:
+    for threshold in range(1, total + 1):
+        tried: list[int] = []
+
+        def passes(count: int, threshold: int = threshold, tried: list[int] = tried) -> bool:
+            tried.append(count)
+            return count >= threshold
+
+        assert sensitivity_module.smallest_passing_count(total, passes) == threshold
+        assert len(tried) == len(set(tried)) and all(1 <= count <= total for count in tried)
+        assert len(tried) <= 2 * int(np.ceil(np.log2(threshold))) + 1  # 52 layers, 17 needed: 10 tries, not 17
+    never: list[int] = []
+    assert sensitivity_module.smallest_passing_count(total, lambda count: never.append(count) is not None) is None
+    assert never[-1] == total and len(never) == int(np.ceil(np.log2(total))) + 1
+    assert sensitivity_module.smallest_passing_count(0, lambda count: pytest.fail("nothing to try")) is None
+
+
 def test_calibration_methods_map_to_each_target() -> None:
     check_calibration_method("percentile", ["int8_cpu"])
     check_calibration_method("max", ["int8", "int8_cpu"])

@@ -11,13 +11,15 @@
    ResNet-18, seconds each on a CPU) where leaving one layer out of the fully quantized model measures a small
    change on top of every other layer's error; the TensorRT target's ranking uses the same probes with its
    symmetric scheme.
-3. The most sensitive layers are kept in float, one more at a time, re-quantizing and re-scoring, until the drop is
-   within budget; the manifest records the layers, their scores and the drop before and after. When even every
+3. The smallest number of the most sensitive layers kept in float that brings the drop within budget is searched
+   for (doubling, then bisecting: :func:`smallest_passing_count`), re-quantizing and re-scoring at each count tried;
+   the manifest records the layers, their scores, every count tried and the drop before and after. When even every
    layer in float cannot meet the budget, the export fails naming the best drop reached.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -217,32 +219,67 @@ def _fit_budget(
         f"each layer alone in INT8 ({'ONNX Runtime CPU scheme' if precision == 'int8_cpu' else 'symmetric TensorRT scheme'}), "
         f"1 - mean cosine to FP32 embeddings on {min(SENSITIVITY_IMAGES, len(calibration.images))} calibration images"
     )
-    best = (drop, 0)
-    steps = []
-    for count in range(1, len(ranking) + 1):
-        kept = ranking[:count]
-        quantize([layer.node for layer in kept])
+    steps: list[dict[str, Any]] = []
+    kept_models = scratch / "kept"
+    kept_models.mkdir()
+
+    def within_budget(count: int) -> bool:
+        quantize([layer.node for layer in ranking[:count]])
         mAP, drop = scorer.drop_points(target)
-        steps.append({"layers_in_float": count, "drop_points": drop})
-        best = min(best, (drop, count))
+        steps.append({"layers_in_float": count, "drop_points": drop, "mAP": mAP})
         if drop <= max_map_drop:
-            record.update(
-                int8_mAP_after=mAP,
-                drop_points_after=drop,
-                steps=steps,
-                excluded_layers=[
-                    {**asdict(layer), "rank": rank + 1, "of": len(ranking),
-                     "why": f"the {_ordinal(rank + 1)} most sensitive of {len(ranking)} quantized layers"}
-                    for rank, layer in enumerate(kept)
-                ],
-            )
-            return record
+            shutil.copyfile(target, kept_models / f"{count}.onnx")
+        return drop <= max_map_drop
+
+    count = smallest_passing_count(len(ranking), within_budget)
+    if count is not None:
+        chosen = next(step for step in steps if step["layers_in_float"] == count)
+        # The search may have quantized other counts after this one: put the chosen model back at ``target``.
+        shutil.copyfile(kept_models / f"{count}.onnx", target)
+        kept = ranking[:count]
+        record.update(
+            int8_mAP_after=chosen["mAP"],
+            drop_points_after=chosen["drop_points"],
+            steps=steps,
+            excluded_layers=[
+                {**asdict(layer), "rank": rank + 1, "of": len(ranking),
+                 "why": f"the {_ordinal(rank + 1)} most sensitive of {len(ranking)} quantized layers"}
+                for rank, layer in enumerate(kept)
+            ],
+        )
+        return record
+    fully_quantized = {"layers_in_float": 0, "drop_points": record["drop_points_before"]}
+    best = min([fully_quantized, *steps], key=lambda step: step["drop_points"])
     raise ExportError(
         f"{precision}: the INT8 model loses {record['drop_points_before']:.2f} mAP points against FP32 on the "
         f"held-out train images, over the budget of {max_map_drop} (--max-map-drop); keeping the most sensitive "
-        f"layers in float reached at best {best[0]:.2f} points (with {best[1]} of {len(ranking)} layers in float). "
+        f"layers in float reached at best {best['drop_points']:.2f} points (with {best['layers_in_float']} of "
+        f"{len(ranking)} layers in float). "
         "Raise --max-map-drop, try another --calibration-method or more --calibration-images"
     )
+
+
+def smallest_passing_count(total: int, passes: Callable[[int], bool]) -> int | None:
+    """The smallest count in 1..``total`` for which ``passes`` holds, assuming that keeping more of the most
+    sensitive layers in float never hurts: doubling from 1 until one passes, then bisecting between the last
+    failure and that pass — about 2·log2(answer) quantizations instead of one per layer, which matters for the
+    TensorRT target, whose every quantization re-runs modelopt's calibration. None when not even ``total`` passes.
+    """
+    if total < 1:
+        return None
+    failing, count = 0, 1
+    while not passes(count):
+        if count == total:
+            return None
+        failing, count = count, min(2 * count, total)
+    passing = count
+    while passing - failing > 1:
+        middle = (failing + passing) // 2
+        if passes(middle):
+            passing = middle
+        else:
+            failing = middle
+    return passing
 
 
 def _ordinal(number: int) -> str:
