@@ -144,14 +144,14 @@ def test_heldout_draw_forms_a_query_gallery_with_more_identity_camera_groups_tha
 
 
 def test_a_layer_kept_in_float_runs_in_float_in_onnx_runtime(tmp_path: Path) -> None:
-    # DQ -> Conv (float weights) -> Q: the shape of a layer an INT8 model keeps in float. One weight 100x the others
+    # DQ -> Conv (float weights) -> Q: the shape of a layer an INT8 model keeps in float. One weight 1000x the others
     # makes a per-tensor INT8 weight scale (what ONNX Runtime's WeightBiasQuantization applies at load time) round
-    # every other weight to 0 or +-0.8.
+    # every other weight to 0 (a weight of 100 left an error of only 4 output steps on a VNNI CPU).
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
-    weight[0, 0] = 100.0
+    weight[0, 0] = 1000.0
     in_scale, out_scale = np.float32(1 / 255), np.float32(8 / 127)
     initializers = [
         numpy_helper.from_array(weight, "w"),
@@ -184,7 +184,7 @@ def test_a_layer_kept_in_float_runs_in_float_in_onnx_runtime(tmp_path: Path) -> 
 
     assert error(bundle_module._session(path)) <= out_scale + 1e-6  # one rounding step at most
     # ONNX Runtime's own default quantizes the float weights at load time: what the edgereid sessions turn off.
-    assert error(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])) > 5 * out_scale
+    assert error(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])) > 10 * out_scale
 
 
 @pytest.mark.parametrize("total", [1, 2, 7, 52])
