@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from edgereid.export import ExportBundle
 from edgereid.export.bundle import ORT_DISABLED_OPTIMIZERS
+from edgereid.runtime.environment import describe_environment
 
 SIZE = (256, 128)
 SOURCE_SIZE = (128, 64)
@@ -169,7 +169,7 @@ def main() -> None:
     result = {
         "kind": "edgereid.bench.int8",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {**describe_environment(),
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "model": "ResNet-18 BoT (untrained, IBN off, last stride 1, 512-d), 256x128, BN folded",

@@ -32,7 +32,7 @@ from edgereid.report import bench_target, onnx_complexity, resolve_target, torch
 from edgereid.report.plot import DPI, FIGURE_SIZE_IN, pareto_frontier
 from edgereid.report.table import build_report
 from edgereid.runtime import verify_runtime
-from edgereid.runtime.environment import describe_environment
+from edgereid.runtime.environment import INT8_DOT_PRODUCT_FEATURES, describe_environment, machine_summary
 from edgereid.training.checkpoint import load_checkpoint
 from edgereid.training.evaluate import build_model
 from tests.factories import SIZE, make_bundle
@@ -107,6 +107,8 @@ def test_environment_reports_this_machine() -> None:
     environment = describe_environment()
     cpu = environment["cpu"]
     assert cpu["logical_cores"] >= cpu["usable_cores"] >= 1
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("flags", "Features")))
+    assert cpu["int8_dot_product"] == [name for name in INT8_DOT_PRODUCT_FEATURES if f" {name} " in f"{flags} "]
     assert environment["memory_mb"] > 0 and isinstance(environment["gpus"], list)
     libraries = environment["libraries"]
     assert libraries["numpy"] == np.__version__ and libraries["onnx"] == onnx.__version__
@@ -431,3 +433,14 @@ assert "torch" not in sys.modules, "torch was imported"
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
                                cwd=Path(__file__).resolve().parents[1])
     assert completed.returncode == 0, completed.stderr
+
+
+def test_machine_summary_names_the_gpu_cores_and_int8_instructions() -> None:
+    environment = {"cpu": {"model": "AMD EPYC", "usable_cores": 2, "int8_dot_product": ["avx512_vnni"]}, "gpus": []}
+    assert machine_summary(environment) == "AMD EPYC (2 cores, avx512_vnni)"
+    environment["gpus"] = [{"name": "NVIDIA H100"}]
+    environment["cpu"] = {"model": "Xeon", "usable_cores": 8}
+    assert machine_summary(environment) == "NVIDIA H100, Xeon (8 cores)"
+    assert machine_summary({"machine": "aarch64", "device_model": "NVIDIA Jetson Orin Nano", "cpu": {}}) == (
+        "NVIDIA Jetson Orin Nano, aarch64"
+    )
