@@ -217,7 +217,8 @@ def test_calibration_methods_map_to_each_target() -> None:
 # --- the CPU target ---------------------------------------------------------------------------------------
 
 
-def test_int8_cpu_model_is_per_channel_qdq_and_close_to_fp32(checkpoint: Path, cpu_bundle: ExportBundle) -> None:
+def test_int8_cpu_model_is_per_channel_qdq_and_close_to_fp32(checkpoint: Path, cpu_bundle: ExportBundle,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     bundle = load_bundle(cpu_bundle.path)
     assert bundle.precisions == ["fp32", "int8_cpu"]
     path = bundle.model_path("int8_cpu")
@@ -243,6 +244,13 @@ def test_int8_cpu_model_is_per_channel_qdq_and_close_to_fp32(checkpoint: Path, c
     assert cosine.min() > 0.99
     entry = bundle.manifest["models"]["int8_cpu"]
     assert entry["target"] == "cpu" and entry["accuracy"] is None and entry["tolerance_mAP_points"] == 0.5
+    # Equalized by default: the block convolutions joined by a ReLU alone (IBN's InstanceNorm halves break the rest).
+    equalized = entry["equalization"]
+    assert equalized["pairs"] and all(pair["through"] == ["Relu"] for pair in equalized["pairs"])
+    assert equalized["cosine_min_to_original"] >= 0.99999 and equalized["images"] == CALIBRATION_IMAGES
+    print_bundle(bundle)
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"int8_cpu: activations equalized between {len(equalized['pairs'])} convolution pairs" in shown
     calibration = entry["calibration"]
     assert (calibration["method"], calibration["images"], calibration["policy"], calibration["split"]) == (
         "entropy", CALIBRATION_IMAGES, "train-spread-v1", "train")
@@ -304,13 +312,14 @@ def test_unmeetable_budget_fails_naming_the_best_drop(checkpoint: Path, cpu_bund
     data = _recipe_data(checkpoint)
     calibration, train = prepare_calibration(data, load_calibration_policy(), num_images=CALIBRATION_IMAGES,
                                              cache_dir=cache_dir)
-    # A model none of whose layers can be kept in float: the loop has nothing to buy accuracy back with.
+    # A model none of whose layers can be kept in float: the loop has nothing to buy accuracy back with. Without
+    # equalization this small model's INT8 loses some mAP (with it, none: nothing to fail on).
     monkeypatch.setattr(sensitivity_module, "layer_sensitivity", lambda *args, **kwargs: [])
     target = tmp_path / "model.int8_cpu.onnx"
     with pytest.raises(ExportError, match=r"over the budget of 0.0.*at best [\d.]+ points \(with 0 of 0 layers"):
         sensitivity_module.quantize_within_budget(
             "int8_cpu", cpu_bundle.model_path("fp32"), target, calibration, train, data, method="entropy",
-            max_map_drop=0.0, flip=True)
+            max_map_drop=0.0, flip=True, equalize=False)
     assert list(tmp_path.iterdir()) == []  # the over-budget model is not left behind
 
 
@@ -343,14 +352,16 @@ def test_cli_over_budget_keeps_the_most_sensitive_layers_in_float(
     assert not (tmp_path / "r").exists()
     done = runner.invoke(group, ["export", str(checkpoint), "--out", str(tmp_path / "aware"), "--int8", "--target",
                                  "cpu", "--max-map-drop", "0", "--calibration-images", "16",
-                                 "--calibration-cache", str(cache_dir), "--no-verify", "--json"])
+                                 "--calibration-cache", str(cache_dir), "--no-verify", "--json",
+                                 # equalized, this small model loses no mAP in INT8: nothing to buy back
+                                 "--no-equalize"])
     assert done.exit_code == 0, done.output
     bundle = load_bundle(tmp_path / "aware")
     assert sorted(p.name for p in bundle.path.iterdir()) == ["manifest.json", "model.fp32.onnx", "model.int8_cpu.onnx"]
     entry = bundle.manifest["models"]["int8_cpu"]
     accuracy = entry["accuracy"]
     assert entry["tolerance_mAP_points"] == 0.0 and accuracy["max_mAP_drop_points"] == 0.0
-    assert entry["onnxruntime_disabled_optimizers"] == ["WeightBiasQuantization"]
+    assert entry["onnxruntime_disabled_optimizers"] == ["WeightBiasQuantization"] and entry["equalization"] is None
     # The held-out protocol is train images outside the calibration set, not the test query/gallery.
     assert accuracy["heldout"]["num_query"] > 0 and accuracy["heldout"]["split"].startswith("train")
     assert accuracy["drop_points_before"] > 0.0  # this seeded tiny model loses mAP fully quantized...

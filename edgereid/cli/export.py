@@ -34,6 +34,9 @@ def _size(num_bytes: int) -> str:
 @click.option("--max-map-drop", type=click.FloatRange(min=0.0),
               help="Hold INT8 to this mAP-point budget against FP32 on held-out train images, keeping the most "
                    "sensitive layers in float as needed (also the INT8 verification tolerance).")
+@click.option("--equalize/--no-equalize", default=True, show_default=True,
+              help="Before INT8, rescale the channels between convolutions (same function) so that per-tensor "
+                   "activation quantization keeps small channels; see docs/BENCHMARKS.md.")
 @click.option("--network", help="Which network of a mutual-learning checkpoint (default: its student).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Score every model with ONNX Runtime on the query/gallery against the PyTorch checkpoint.")
@@ -57,6 +60,7 @@ def export_command(
     calibration_method: str,
     calibration_policy: str,
     max_map_drop: float | None,
+    equalize: bool,
     network: str | None,
     verify: bool,
     data_root: Path | None,
@@ -92,6 +96,7 @@ def export_command(
         calibration_policy=calibration_policy,
         calibration_cache_dir=calibration_cache_dir,
         max_map_drop=max_map_drop,
+        equalize=equalize,
     )
     if as_json:
         print_json({"bundle": str(bundle.path), **bundle.manifest})
@@ -122,6 +127,9 @@ def print_bundle(bundle: ExportBundle) -> None:
         table.add_row(precision, entry["file"], _size(entry["bytes"]), mAP, delta, cosine)
     console.print(table)
     for precision, entry in manifest["models"].items():
+        pairs = (entry.get("equalization") or {}).get("pairs")
+        if pairs:
+            console.print(f"{precision}: activations equalized between {len(pairs)} convolution pairs before INT8")
         accuracy = entry.get("accuracy")
         if not accuracy:
             continue

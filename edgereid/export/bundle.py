@@ -225,6 +225,7 @@ def export_checkpoint(
     calibration_policy: str | Path | None = None,
     calibration_cache_dir: str | Path | None = None,
     max_map_drop: float | None = None,
+    equalize: bool = True,
 ) -> ExportBundle:
     """Export the checkpoint (a .pt file or a run directory) to a bundle at ``out_dir``.
 
@@ -235,7 +236,8 @@ def export_checkpoint(
     override its count and seed), decoded once through the calibration cache in ``calibration_cache_dir``. With
     ``max_map_drop`` (mAP points) each INT8 model is held to that budget against FP32 on held-out train images,
     keeping its most sensitive layers in float as needed (:mod:`edgereid.export.sensitivity`); the budget also
-    replaces the INT8 verification tolerance recorded in the manifest.
+    replaces the INT8 verification tolerance recorded in the manifest. ``equalize`` rescales the activations between
+    convolutions before INT8 (:mod:`edgereid.export.equalize`).
     """
     from edgereid.export.fold import check_folding, fold_batchnorm_with_report
     from edgereid.export.onnx_export import export_onnx
@@ -300,7 +302,7 @@ def export_checkpoint(
                     )
                 extra[precision] = quantize_within_budget(
                     precision, fp32_path, target, calibration, train, data, method=calibration_method,
-                    max_map_drop=max_map_drop, flip=checkpoint.recipe.train.flip_test,
+                    max_map_drop=max_map_drop, flip=checkpoint.recipe.train.flip_test, equalize=equalize,
                 )
                 extra[precision]["tolerance_mAP_points"] = (
                     MAP_TOLERANCE_POINTS[precision] if max_map_drop is None else max_map_drop

@@ -40,6 +40,7 @@ from edgereid.export.bundle import (
     embed_onnx,
 )
 from edgereid.export.calibration import CalibrationSet, select_heldout_records
+from edgereid.export.equalize import equalize_activations
 from edgereid.export.precision import INT8_PRECISIONS, OrtQuantizer, quantize_int8
 from edgereid.recipes.schema import DataConfig
 
@@ -138,9 +139,13 @@ def quantize_within_budget(
     method: str,
     max_map_drop: float | None,
     flip: bool,
+    equalize: bool = True,
     heldout_images: int = DEFAULT_HELDOUT_IMAGES,
 ) -> dict[str, Any]:
     """Quantize ``fp32_path`` to ``target`` for ``precision`` (``int8``: TensorRT, ``int8_cpu``: ONNX Runtime CPU).
+
+    With ``equalize`` the activations between convolutions are rescaled first (:mod:`edgereid.export.equalize`; the
+    same function, a model INT8 rounds less) and the record goes into the entry under ``equalization``.
 
     With ``max_map_drop`` (mAP points) the accuracy-aware loop of this module's docstring runs and its record goes
     into the returned manifest entry under ``accuracy``; an unmet budget is an ExportError and ``target`` is
@@ -152,21 +157,25 @@ def quantize_within_budget(
         scratch = Path(scratch_name)
         cpu = INT8_PRECISIONS[precision] == "cpu"
         quantizer: OrtQuantizer | None = None
+        source, equalization = fp32_path, None
+        if equalize:
+            source = scratch / "equalized.onnx"
+            equalization = equalize_activations(fp32_path, source, calibration.images)
 
         def sensitivity_quantizer() -> OrtQuantizer:
             nonlocal quantizer
             if quantizer is None:
                 # The TensorRT target's layers are named as in the FP32 graph (modelopt's input): no preprocessing.
-                quantizer = OrtQuantizer(fp32_path, calibration, scratch, method=method, symmetric=not cpu,
+                quantizer = OrtQuantizer(source, calibration, scratch, method=method, symmetric=not cpu,
                                          preprocess=cpu)
             return quantizer
 
         def quantize(exclude: Sequence[str]) -> dict[str, Any]:
             if cpu:
                 return sensitivity_quantizer().quantize(target, exclude=exclude)
-            return quantize_int8(fp32_path, target, calibration, method=method, exclude=exclude)
+            return quantize_int8(source, target, calibration, method=method, exclude=exclude)
 
-        entry = quantize(())
+        entry = {**quantize(()), "equalization": equalization}
         # What an ONNX Runtime user outside edgereid must also turn off for the layers kept in float to stay float.
         entry["onnxruntime_disabled_optimizers"] = list(ORT_DISABLED_OPTIMIZERS)
         if max_map_drop is None:
