@@ -34,9 +34,10 @@ def _size(num_bytes: int) -> str:
 @click.option("--max-map-drop", type=click.FloatRange(min=0.0),
               help="Hold INT8 to this mAP-point budget against FP32 on held-out train images, keeping the most "
                    "sensitive layers in float as needed (also the INT8 verification tolerance).")
-@click.option("--equalize/--no-equalize", default=True, show_default=True,
+@click.option("--equalize/--no-equalize", default=None,
               help="Before INT8, rescale the channels between convolutions (same function) so that per-tensor "
-                   "activation quantization keeps small channels; see docs/BENCHMARKS.md.")
+                   "activation quantization keeps small channels. Default: for --target cpu, not for trt "
+                   "(measured: docs/BENCHMARKS.md).")
 @click.option("--network", help="Which network of a mutual-learning checkpoint (default: its student).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Score every model with ONNX Runtime on the query/gallery against the PyTorch checkpoint.")
@@ -60,7 +61,7 @@ def export_command(
     calibration_method: str,
     calibration_policy: str,
     max_map_drop: float | None,
-    equalize: bool,
+    equalize: bool | None,
     network: str | None,
     verify: bool,
     data_root: Path | None,

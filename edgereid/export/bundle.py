@@ -225,7 +225,7 @@ def export_checkpoint(
     calibration_policy: str | Path | None = None,
     calibration_cache_dir: str | Path | None = None,
     max_map_drop: float | None = None,
-    equalize: bool = True,
+    equalize: bool | None = None,
 ) -> ExportBundle:
     """Export the checkpoint (a .pt file or a run directory) to a bundle at ``out_dir``.
 
@@ -237,7 +237,7 @@ def export_checkpoint(
     ``max_map_drop`` (mAP points) each INT8 model is held to that budget against FP32 on held-out train images,
     keeping its most sensitive layers in float as needed (:mod:`edgereid.export.sensitivity`); the budget also
     replaces the INT8 verification tolerance recorded in the manifest. ``equalize`` rescales the activations between
-    convolutions before INT8 (:mod:`edgereid.export.equalize`).
+    convolutions before INT8 (:mod:`edgereid.export.equalize`); None leaves it to each target's default.
     """
     from edgereid.export.fold import check_folding, fold_batchnorm_with_report
     from edgereid.export.onnx_export import export_onnx

@@ -3,19 +3,21 @@ quantization stops drowning the small channels.
 
 INT8 activations share one scale per tensor. When some channels of a convolution's input span 0.2 and others 20,
 the small ones get a handful of levels, and a consumer whose weights are large on those channels turns that
-rounding into a large output error (a fine-tuned MobileNetV2's first bottleneck lost 17 mAP points this way,
-docs/BENCHMARKS.md). Where a convolution A feeds a convolution B only through per-channel positively homogeneous
-operations (nothing, ReLU, max or average pooling), multiplying A's output channel ``i`` (weights and bias) by
-``c_i > 0`` and dividing B's input channel ``i`` weights by ``c_i`` leaves the network's function unchanged. With
-``c_i = sqrt(w_i / a_i)`` — ``a_i`` the channel's absolute range on calibration images at B's input, ``w_i`` the
-largest absolute weight B applies to it — both become ``sqrt(a_i * w_i)``: the channel's range in the activation and
-its weight in B are balanced, as cross-layer equalization (Nagel et al., 2019) balances two weight ranges and
-SmoothQuant (Xiao et al., 2022) activation and weight ranges. A's weights are quantized per output channel, so
-scaling its rows costs it nothing.
+rounding into a large output error (the worst layer of a fine-tuned MobileNetV2 that lost 17 mAP points fully
+quantized, docs/BENCHMARKS.md). Where a convolution A feeds a convolution B only through per-channel positively
+homogeneous operations (nothing, ReLU, max or average pooling), multiplying A's output channel ``i`` (weights and
+bias) by ``c_i > 0`` and dividing B's input channel ``i`` weights by ``c_i`` leaves the network's function unchanged.
+``c_i = 1 / a_i`` — ``a_i`` the channel's absolute range at B's input on calibration images — gives every channel
+the range 1, so each gets the whole INT8 grid, and the activation error B sees becomes proportional to each channel's
+own contribution. It is SmoothQuant's migration (Xiao et al., 2022) with strength 1, applied between convolutions as
+cross-layer equalization (Nagel et al., 2019) applies it to weight ranges. On the MobileNetV2 above, strength 1 cut
+the worst layer's error 3.5 times and the fully quantized CPU model's loss from 17.4 to 9.3 points; strength 0.5
+(balancing activation and weight ranges) cut that layer's error 1.6 times. Both weights are quantized per output
+channel, so scaling A's rows costs A nothing and B's columns keep B's error of the same order.
 
-Pairs are rescaled from the last to the first, so that each pair sees its consumer's final weights; the activation
-ranges come from one pass of the original model (a later pair never changes an earlier pair's activations). The
-result is checked against the original model on the same images and refused unless it is the same function.
+The activation ranges come from one pass of the original model (rescaling one pair never changes another pair's
+activation: each pair owns its tensor). The result is checked against the original model on the same images and
+refused unless it is the same function.
 """
 
 from __future__ import annotations
@@ -30,12 +32,17 @@ import numpy as np
 from edgereid.atomic import atomic_write_bytes
 from edgereid.export.bundle import OUTPUT_NAME, ExportError, _cosine, _session
 
+# Whether each INT8 precision equalizes unless told: measured on two models (docs/BENCHMARKS.md), it helped ONNX
+# Runtime's CPU scheme (a MobileNetV2 fully quantized: 17.4 -> 9.3 mAP points lost) and hurt the symmetric TensorRT
+# scheme (the same model 3.2 -> 4.0; the demo's student -0.23 -> -0.66 on test).
+EQUALIZE_BY_DEFAULT = {"int8": False, "int8_cpu": True}
 # Per-channel operations that commute with a positive per-channel scale: f(c * x) = c * f(x).
 _POSITIVELY_HOMOGENEOUS = ("Relu", "MaxPool", "AveragePool")
 EQUALIZATION_IMAGES = 64
 # A rescaled model must compute the same function: float rounding alone stays far above this.
 MIN_EQUALIZED_COSINE = 0.99999
 _BATCH = 32
+_DEAD_CHANNEL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ def equalize_activations(source: Path, target: Path, images: np.ndarray) -> dict
     pairs = find_equalizable_pairs(model)
     images = images[:EQUALIZATION_IMAGES]
     record: dict[str, Any] = {
-        "method": "activation/weight range balance, c = sqrt(w / a) per channel between two convolutions",
+        "method": "activation range to 1 per channel between two convolutions (c = 1 / range)",
         "images": len(images),
         "pairs": [],
     }
@@ -111,18 +118,18 @@ def equalize_activations(source: Path, target: Path, images: np.ndarray) -> dict
         dtype = numpy_helper.to_array(weights[name]).dtype
         weights[name].CopyFrom(numpy_helper.from_array(values.astype(dtype), name))
 
-    for pair in reversed(pairs):
+    for pair in pairs:
         producer, consumer = nodes[pair.producer], nodes[pair.consumer]
         consumer_weight = array(consumer.input[1])
         groups = next((int(a.i) for a in consumer.attribute if a.name == "group"), 1)
         out_channels, in_per_group = consumer_weight.shape[:2]
         # (groups, outputs per group, inputs per group, kernel...): input channel g * in_per_group + j is [g, :, j].
         grouped = consumer_weight.reshape(groups, out_channels // groups, in_per_group, -1)
-        weight_range = np.abs(grouped).max(axis=(1, 3)).reshape(-1)
         activation_range = ranges[pair.tensor]
-        usable = (weight_range > 0) & (activation_range > 0)
-        scale = np.ones_like(weight_range)
-        scale[usable] = np.sqrt(weight_range[usable] / activation_range[usable])
+        # A channel that never fires keeps its scale: there is nothing to give the grid to.
+        usable = activation_range > _DEAD_CHANNEL * activation_range.max()
+        scale = np.ones_like(activation_range)
+        scale[usable] = 1.0 / activation_range[usable]
         grouped = grouped / scale.reshape(groups, 1, in_per_group, 1)
         store(consumer.input[1], grouped.reshape(consumer_weight.shape))
         producer_weight = array(producer.input[1])
@@ -131,10 +138,9 @@ def equalize_activations(source: Path, target: Path, images: np.ndarray) -> dict
             store(producer.input[2], array(producer.input[2]) * scale)
         record["pairs"].append({
             "producer": pair.producer, "consumer": pair.consumer, "through": list(pair.through),
+            # How many times its widest channel outranged a typical one before: what equalization removed.
             "activation_range_spread": _spread(activation_range),
-            "equalized_range_spread": _spread(activation_range * scale),
         })
-    record["pairs"].reverse()
     with tempfile.TemporaryDirectory(prefix="edgereid-equalize-") as scratch:
         equalized_path = Path(scratch) / "equalized.onnx"
         onnx.save(model, str(equalized_path))

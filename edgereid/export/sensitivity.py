@@ -40,7 +40,7 @@ from edgereid.export.bundle import (
     embed_onnx,
 )
 from edgereid.export.calibration import CalibrationSet, select_heldout_records
-from edgereid.export.equalize import equalize_activations
+from edgereid.export.equalize import EQUALIZE_BY_DEFAULT, equalize_activations
 from edgereid.export.precision import INT8_PRECISIONS, OrtQuantizer, quantize_int8
 from edgereid.recipes.schema import DataConfig
 
@@ -139,13 +139,14 @@ def quantize_within_budget(
     method: str,
     max_map_drop: float | None,
     flip: bool,
-    equalize: bool = True,
+    equalize: bool | None = None,
     heldout_images: int = DEFAULT_HELDOUT_IMAGES,
 ) -> dict[str, Any]:
     """Quantize ``fp32_path`` to ``target`` for ``precision`` (``int8``: TensorRT, ``int8_cpu``: ONNX Runtime CPU).
 
-    With ``equalize`` the activations between convolutions are rescaled first (:mod:`edgereid.export.equalize`; the
-    same function, a model INT8 rounds less) and the record goes into the entry under ``equalization``.
+    With ``equalize`` (None: the precision's default, ``EQUALIZE_BY_DEFAULT``) the activations between convolutions
+    are rescaled first (:mod:`edgereid.export.equalize`; the same function) and the record goes into the entry under
+    ``equalization``.
 
     With ``max_map_drop`` (mAP points) the accuracy-aware loop of this module's docstring runs and its record goes
     into the returned manifest entry under ``accuracy``; an unmet budget is an ExportError and ``target`` is
@@ -158,7 +159,7 @@ def quantize_within_budget(
         cpu = INT8_PRECISIONS[precision] == "cpu"
         quantizer: OrtQuantizer | None = None
         source, equalization = fp32_path, None
-        if equalize:
+        if EQUALIZE_BY_DEFAULT[precision] if equalize is None else equalize:
             source = scratch / "equalized.onnx"
             equalization = equalize_activations(fp32_path, source, calibration.images)
 
