@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgereid.atomic import atomic_write_bytes
-from edgereid.export.bundle import OUTPUT_NAME, ExportError, _cosine, _session
+from edgereid.export.bundle import INPUT_NAME, OUTPUT_NAME, ExportError, _cosine, _session
 
 # Whether each INT8 precision equalizes unless told: measured on two models (docs/BENCHMARKS.md), it helped ONNX
 # Runtime's CPU scheme (a MobileNetV2 fully quantized: 17.4 -> 9.7 mAP points lost; the demo's student -0.22 -> -0.13
@@ -109,7 +109,7 @@ def equalize_activations(source: Path, target: Path, images: np.ndarray) -> dict
     if not pairs:
         atomic_write_bytes(source.read_bytes(), target)
         return record
-    ranges = _activation_ranges(model, [pair.tensor for pair in pairs], images)
+    ranges, original = _activation_ranges(model, [pair.tensor for pair in pairs], images)
     nodes = {node.name: node for node in model.graph.node}
     weights = {initializer.name: initializer for initializer in model.graph.initializer}
 
@@ -147,9 +147,7 @@ def equalize_activations(source: Path, target: Path, images: np.ndarray) -> dict
     with tempfile.TemporaryDirectory(prefix="edgereid-equalize-") as scratch:
         equalized_path = Path(scratch) / "equalized.onnx"
         onnx.save(model, str(equalized_path))
-        feed = {_input_name(model): images}
-        original = _session(source).run([OUTPUT_NAME], feed)[0]
-        equalized = _session(equalized_path).run([OUTPUT_NAME], feed)[0]
+        equalized = _session(equalized_path).run([OUTPUT_NAME], {INPUT_NAME: images})[0]
         cosine = float(_cosine(original, equalized).min())
         if not cosine >= MIN_EQUALIZED_COSINE:
             raise ExportError(
@@ -161,30 +159,30 @@ def equalize_activations(source: Path, target: Path, images: np.ndarray) -> dict
     return record
 
 
-def _input_name(model: Any) -> str:
-    initializers = {initializer.name for initializer in model.graph.initializer}
-    return next(value.name for value in model.graph.input if value.name not in initializers)
-
-
-def _activation_ranges(model: Any, tensors: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-channel max |value| of each of ``tensors`` (NCHW activations) over ``images``."""
+def _activation_ranges(
+    model: Any, tensors: list[str], images: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-channel max |value| of each of ``tensors`` (NCHW activations) over ``images``, and the model's own output
+    on them (the reference the rescaled model is checked against), from one pass."""
     import onnx
     from onnx import TensorProto, helper
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in tensors)
+    maxima: dict[str, list[np.ndarray]] = {name: [] for name in tensors}
+    embeddings = []
     with tempfile.TemporaryDirectory(prefix="edgereid-equalize-") as scratch:
         path = Path(scratch) / "probe.onnx"
         onnx.save(probe, str(path))
         session = _session(path)
-        ranges = {name: np.zeros(0) for name in tensors}
         for start in range(0, len(images), _BATCH):
-            outputs = session.run(tensors, {_input_name(model): images[start : start + _BATCH]})
-            for name, value in zip(tensors, outputs):
-                channel_max = np.abs(value).max(axis=tuple(axis for axis in range(value.ndim) if axis != 1))
-                ranges[name] = channel_max if not ranges[name].size else np.maximum(ranges[name], channel_max)
-    return {name: value.astype(np.float64) for name, value in ranges.items()}
+            output, *activations = session.run([OUTPUT_NAME, *tensors], {INPUT_NAME: images[start : start + _BATCH]})
+            embeddings.append(output)
+            for name, value in zip(tensors, activations):
+                maxima[name].append(np.abs(value).max(axis=tuple(axis for axis in range(value.ndim) if axis != 1)))
+    ranges = {name: np.max(values, axis=0).astype(np.float64) for name, values in maxima.items()}
+    return ranges, np.concatenate(embeddings)
 
 
 def _spread(ranges: np.ndarray) -> float:
