@@ -26,6 +26,9 @@ SHIPPED = [
     "quickstart_mutual",
     "student_mobilenetv2_cpu",
     "mutual_mobilenetv2_cpu",
+    "mutual_mobilenetv2_pair_cpu",
+    "teacher_mobilenetv2_cpu",
+    "distill_mobilenetv2_cpu",
 ]
 
 
@@ -66,14 +69,26 @@ def test_shipped_recipes_carry_their_distinguishing_settings() -> None:
     cpu_student = load_recipe("student_mobilenetv2_cpu")
     assert cpu_student.model == load_recipe("student_mobilenetv2").model
     assert cpu_student.data.size == (128, 64) and cpu_student.train.device == "cpu"
-    # The CPU mutual recipe is its student's recipe plus a peer, nothing else: the pair measures the peer alone.
-    cpu_mutual = load_recipe("mutual_mobilenetv2_cpu")
-    assert cpu_mutual.mutual is not None
-    assert {name: config.backbone.name for name, config in cpu_mutual.networks().items()} == {
-        "mnv2": "mobilenetv2", "effl0": "efficientnet_lite0"
-    }
-    assert cpu_mutual.model_copy(update={"name": cpu_student.name, "description": cpu_student.description,
-                                         "mutual": None}) == cpu_student
+    # The CPU mutual recipes are their student's recipe plus a peer, nothing else: each pair measures the peer alone.
+    for name, peers in [
+        ("mutual_mobilenetv2_cpu", {"mnv2": "mobilenetv2", "effl0": "efficientnet_lite0"}),
+        ("mutual_mobilenetv2_pair_cpu", {"mnv2": "mobilenetv2", "mnv2_peer": "mobilenetv2"}),
+    ]:
+        cpu_mutual = load_recipe(name)
+        assert cpu_mutual.mutual is not None
+        assert {net: config.backbone.name for net, config in cpu_mutual.networks().items()} == peers
+        assert cpu_mutual.model_copy(update={"name": cpu_student.name, "description": cpu_student.description,
+                                             "mutual": None}) == cpu_student
+    pair = load_recipe("mutual_mobilenetv2_pair_cpu").networks()
+    assert pair["mnv2_peer"] == pair["mnv2"]  # the same network, only its initialisation differs
+    # The CPU teacher is the student trained longer; the distillation recipe adds the teacher and nothing else.
+    teacher = load_recipe("teacher_mobilenetv2_cpu")
+    assert teacher.model == cpu_student.model and teacher.data == cpu_student.data
+    assert teacher.solver == cpu_student.solver.model_copy(update={"epochs": 21})
+    distill = load_recipe("distill_mobilenetv2_cpu")
+    assert distill.distill is not None and str(distill.distill.teacher).endswith("teacher_mobilenetv2_cpu/best.pt")
+    assert distill.model_copy(update={"name": cpu_student.name, "description": cpu_student.description,
+                                      "distill": None}) == cpu_student
     # Inherited from the base, overridden where the child says so.
     assert load_recipe("bot_r50_ibn").data.sampler.p == 16
 
