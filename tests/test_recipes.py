@@ -49,7 +49,8 @@ def test_every_shipped_recipe_validates() -> None:
         assert recipe.name == name
 
 
-def test_shipped_recipes_carry_their_distinguishing_settings() -> None:
+def test_shipped_recipes_carry_their_distinguishing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEREID_TEACHER", raising=False)  # the recipes' default teachers, not a user's
     sbs = load_recipe("sbs_r50_ibn")
     assert sbs.model.backbone.ibn == "a" and sbs.model.backbone.non_local == [2, 3]
     assert sbs.model.pooling == "gem_learnable" and sbs.model.classifier.kind == "circle"
