@@ -10,8 +10,11 @@ has the same model section. Both get the same data, sampler, solver (epochs, ite
 the script refuses recipes that differ in anything but the teaching, so the gain is the teaching's alone. Each
 (seed, arm) is a fresh `edgereid.training.train` run in a temporary directory; the student's final metrics (the
 recipe's own evaluation, flip test as the recipe says) and, for mutual runs, each peer's are written to ``--out``
-after every run, with the machine and the exact command. The summary gives each arm's mean and standard deviation
-and the per-seed gain (taught minus alone) of the student's mAP.
+after every run, with the machine and the exact command. A distillation run records its teacher (checkpoint sha256
+and the teacher's own metrics), and ``--append`` refuses a teacher file that changed since the earlier runs unless
+``--other-teacher`` says it is meant (a teacher retrained by the same recipe, say): the summary then lists each
+teacher. The summary gives each arm's mean and standard deviation and the per-seed gain (taught minus alone) of the
+student's mAP.
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from edgereid.atomic import atomic_write_text
+from edgereid.export.bundle import sha256_file
 from edgereid.recipes import Recipe, load_recipe
 from edgereid.runtime.environment import describe_environment
 from edgereid.training import train
+from edgereid.training.checkpoint import load_checkpoint, resolve_checkpoint_path
 
 METRICS = ("mAP", "rank1", "mINP")
 # What may differ between the two arms: the teaching itself and the recipe's name.
@@ -50,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--append", action="store_true",
                         help="keep the runs already in --out (same recipes, teaching and budget) and run only the "
                         "seeds it lacks, e.g. to add seeds or to go on after an interruption")
+    parser.add_argument("--other-teacher", action="store_true",
+                        help="with --append: go on although the teacher checkpoint differs from the earlier runs' "
+                        "(each run keeps its teacher's sha256 and metrics)")
     parser.add_argument("--device", default=None, help="training device (default: the recipes' own)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "mutual-quickstart.json")
     return parser.parse_args(argv)
@@ -67,6 +76,30 @@ def check_same_budget(alone: Recipe, taught: Recipe) -> None:
             f"--alone {alone.name} and --taught {taught.name} differ in {', '.join(differing)}: the same student "
             "must get the same data, model, losses and solver in both arms (use --set for both)"
         )
+
+
+def describe_teacher(taught: Recipe) -> dict[str, Any] | None:
+    """The distillation teacher as the runs saw it: which file (sha256) and how good it is by its own evaluation."""
+    if taught.distill is None:
+        return None
+    path = resolve_checkpoint_path(taught.distill.teacher)
+    metrics = load_checkpoint(path).metrics
+    return {"checkpoint": str(path), "sha256": sha256_file(path), "metrics": {
+        key: round(100 * float(metrics[key]), 2) for key in METRICS if key in metrics}}
+
+
+def check_same_teacher(earlier_runs: list[dict[str, Any]], teacher: dict[str, Any] | None, allow_other: bool) -> None:
+    """Refuse to add distillation runs whose teacher file is not the one the earlier runs learned from."""
+    if teacher is None or allow_other:
+        return
+    for run in earlier_runs:
+        earlier_sha256 = (run.get("teacher") or {}).get("sha256")
+        if earlier_sha256 != teacher["sha256"]:
+            recorded = f"teacher sha256 {earlier_sha256[:12]}…" if earlier_sha256 else "a teacher of unrecorded sha256"
+            raise SystemExit(
+                f"--append: seed {run['seed']} was taught with {recorded}, but {teacher['checkpoint']} now has "
+                f"sha256 {teacher['sha256'][:12]}…; give another --out, or --other-teacher to add runs with this one"
+            )
 
 
 def run_arm(recipe: Recipe, seed: int, device: str | None, scratch: Path) -> dict[str, Any]:
@@ -99,6 +132,13 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     gains = [round(run["student"]["mAP"] - alone[run["seed"]], 2) for run in runs["taught"] if run["seed"] in alone]
     if gains:
         summary["student_mAP_gain_points"] = {"per_seed": gains, **spread(gains)}
+    teachers: dict[str, dict[str, Any]] = {}
+    for run in runs["taught"]:
+        if "teacher" in run:
+            teacher = teachers.setdefault(run["teacher"]["sha256"] or "unrecorded", {**run["teacher"], "seeds": []})
+            teacher["seeds"].append(run["seed"])
+    if teachers:
+        summary["teachers"] = list(teachers.values())
     return summary
 
 
@@ -108,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     alone = load_recipe(args.alone, args.overrides)
     taught = load_recipe(args.taught, [*args.overrides, *args.taught_overrides])
     check_same_budget(alone, taught)
+    teacher = describe_teacher(taught)
     environment = describe_environment()
     results: dict[str, Any] = {
         "command": "python benchmarks/bench_mutual.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -126,13 +167,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for key in ("recipes", "budget"):
             if earlier[key] != results[key]:
                 raise SystemExit(f"--append: {args.out} holds runs of other {key} ({earlier[key]}); give another --out")
+        check_same_teacher(earlier["runs"]["taught"], teacher, args.other_teacher)
         results["runs"] = earlier["runs"]
         results["command"] = f"{earlier['command']}; then {results['command']}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def write() -> None:
         results["summary"] = summarise(results["runs"])
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="bench-mutual-") as scratch:
         for seed in seeds:
@@ -140,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if any(run["seed"] == seed for run in results["runs"][arm]):
                     continue
                 row = run_arm(recipe, seed, args.device, Path(scratch))
+                if arm == "taught" and teacher is not None:
+                    row["teacher"] = teacher
                 results["runs"][arm].append(row)
                 print(f"seed {seed} {arm:6s}: {json.dumps(row)}", flush=True)
                 write()

@@ -318,3 +318,60 @@ def test_mutual_resume_continues_exactly(data_root: Path, tmp_path: Path) -> Non
         expected_state, actual_state = expected.network(name)[2], actual.network(name)[2]
         for key, value in expected_state.items():
             assert torch.equal(actual_state[key], value), (name, key)
+
+
+# --- the benchmark's bookkeeping ----------------------------------------------------------------------------------
+
+
+def load_bench_mutual() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_mutual.py"
+    spec = importlib.util.spec_from_file_location("bench_mutual", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_mutual_records_its_teacher_and_refuses_a_changed_one(
+    data_root: Path, tmp_path: Path, teacher_run: Path
+) -> None:
+    import hashlib
+    import shutil
+
+    from edgereid.recipes import recipe_to_yaml
+
+    bench = load_bench_mutual()
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(teacher_run / "last.pt", teacher)
+    taught = distill_recipe(data_root, tmp_path, teacher, kl_weight=1.0).model_dump(mode="json")
+    taught["train"]["eval_period"] = 1
+    alone = {key: value for key, value in taught.items() if key != "distill"}
+    files = {}
+    for arm, content in (("alone", alone), ("taught", taught)):
+        files[arm] = tmp_path / f"{arm}.yaml"
+        files[arm].write_text(recipe_to_yaml(recipe_from_dict(content)))
+    out = tmp_path / "result.json"
+    arms = ["--alone", str(files["alone"]), "--taught", str(files["taught"]), "--out", str(out)]
+
+    first = bench.main([*arms, "--seeds", "0"])
+    recorded = first["runs"]["taught"][0]["teacher"]
+    assert recorded["sha256"] == hashlib.sha256(teacher.read_bytes()).hexdigest()
+    assert first["summary"]["teachers"] == [{**recorded, "seeds": [0]}]
+    gain = first["summary"]["student_mAP_gain_points"]["per_seed"][0]
+    assert gain == round(first["runs"]["taught"][0]["student"]["mAP"] - first["runs"]["alone"][0]["student"]["mAP"], 2)
+
+    retrain = tiny_recipe(data_root, tmp_path / "retrained", solver={"epochs": 1, "iters_per_epoch": 2},
+                          train={"eval_period": 5})
+    retrained = train(retrain.model_copy(update={"seed": 2}), show_progress=False)
+    shutil.copy(retrained.run_dir / "last.pt", teacher)
+    before = out.read_text()
+    with pytest.raises(SystemExit, match="seed 0 was taught with teacher sha256 .*--other-teacher"):
+        bench.main([*arms, "--seeds", "0,1", "--append"])
+    assert out.read_text() == before
+
+    second = bench.main([*arms, "--seeds", "0,1", "--append", "--other-teacher"])
+    assert [run["seed"] for run in second["runs"]["taught"]] == [0, 1]
+    assert [teacher["seeds"] for teacher in second["summary"]["teachers"]] == [[0], [1]]
+    assert second["runs"]["taught"][0]["teacher"] == recorded  # the earlier run keeps the teacher it learned from
