@@ -23,3 +23,15 @@ class ConfigError(EdgeReIDError):
     """A recipe, policy or command-line value is invalid."""
 
     exit_code = 2
+
+
+class ModelError(EdgeReIDError):
+    """A model cannot be traced or transformed (folded, quantized) as asked."""
+
+    exit_code = 1
+
+
+class ExportError(EdgeReIDError):
+    """The model could not be turned into a valid ONNX file (or a reduced-precision one)."""
+
+    exit_code = 1

@@ -12,7 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgereid.export.bundle import OUTPUT_NAME, ExportError, _session
+from edgereid.errors import ExportError
+from edgereid.export.bundle import OUTPUT_NAME, _session
 from edgereid.export.equalize import equalize_activations, find_equalizable_pairs
 
 pytest.importorskip("onnxruntime")

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from edgereid.errors import ConfigError, DataError
-from edgereid.evaluation import average_query_expansion, compute_distance, evaluate_rank, re_ranking
+from edgereid.evaluation import (
+    average_query_expansion,
+    compute_distance,
+    evaluate_rank,
+    paired_bootstrap_delta,
+    re_ranking,
+)
+from edgereid.evaluation import rank as rank_module
 
 
 def naive_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
@@ -149,3 +156,108 @@ def test_bad_inputs():
         re_ranking(d, np.ones((3, 3)), np.ones((4, 4)), lambda_value=1.5)
     with pytest.raises(DataError, match="NaN"):
         re_ranking(d, np.full((3, 3), np.nan), np.ones((4, 4)))
+
+
+# --- per-query AP and the paired bootstrap of ΔmAP ---------------------------------------------------------------
+
+
+def test_per_query_ap_averages_to_map_and_marks_skipped_queries(monkeypatch: pytest.MonkeyPatch):
+    # The hand-computed case above: APs 7/12 and 1/2, query 2 (no gallery image of its identity) skipped.
+    distmat = np.array([[0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    result = evaluate_rank(distmat, np.array([1, 2, 3]), np.array([1, 2, 1, 1]), np.array([0, 1, 0]),
+                           np.array([0, 0, 1, 2]))
+    np.testing.assert_allclose(result.per_query_ap[:2], [7 / 12, 1 / 2])
+    assert np.isnan(result.per_query_ap[2])
+    assert "per_query_ap" not in result.to_dict()
+    # Many queries in chunks of 7 rows, some skipped: the per-query APs are the naive loop's, their mean the mAP.
+    monkeypatch.setattr(rank_module, "CHUNK_ELEMENTS", 7 * 90)
+    rng = np.random.default_rng(3)
+    distmat = rng.random((60, 90)).astype(np.float32)
+    q_pids, g_pids = rng.integers(0, 25, 60), rng.integers(0, 20, 90)
+    q_cams, g_cams = rng.integers(0, 3, 60), rng.integers(0, 3, 90)
+    naive = []
+    for q in range(60):
+        keep = ~((g_pids == q_pids[q]) & (g_cams == q_cams[q]))
+        ap = naive_market1501(distmat[q : q + 1, keep], q_pids[q : q + 1], g_pids[keep], q_cams[q : q + 1],
+                              g_cams[keep])[1] if (g_pids[keep] == q_pids[q]).any() else np.nan
+        naive.append(ap)
+    result = evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams)
+    skipped = np.isnan(naive)
+    assert 0 < skipped.sum() < 60 and result.num_valid_queries == 60 - skipped.sum()
+    np.testing.assert_array_equal(np.isnan(result.per_query_ap), skipped)
+    np.testing.assert_allclose(result.per_query_ap[~skipped], np.asarray(naive)[~skipped])
+    assert np.nanmean(result.per_query_ap) == pytest.approx(result.mAP, rel=1e-12)
+
+
+def test_bootstrap_of_identical_aps_is_zero():
+    ap = np.random.default_rng(0).random(50)
+    interval = paired_bootstrap_delta(ap, ap.copy())
+    assert (interval.delta_points, interval.low_points, interval.high_points) == (0.0, 0.0, 0.0)
+    assert interval.num_queries == 50 and not interval.too_small_for(0.0)
+
+
+def test_bootstrap_of_a_constant_shift_is_exactly_the_shift():
+    # APs on a grid of 1/64 and a shift of 1/16: every difference, mean and percentile is exact in binary.
+    reference = np.random.default_rng(1).integers(0, 48, 200) / 64
+    interval = paired_bootstrap_delta(reference, reference + 1 / 16)
+    assert (interval.delta_points, interval.low_points, interval.high_points) == (6.25, 6.25, 6.25)
+    down = paired_bootstrap_delta(reference + 1 / 16, reference)
+    assert (down.low_points, down.high_points) == (-6.25, -6.25)
+
+
+def _mixture(num_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """A candidate losing 0.05 AP on every fifth query and matching the reference elsewhere: ΔmAP −1 point exactly,
+    per-query differences with a standard deviation of 0.05 · sqrt(0.2 · 0.8) = 0.02 AP (2 points)."""
+    reference = np.random.default_rng(num_queries).uniform(0.3, 0.9, num_queries)
+    candidate = reference.copy()
+    candidate[::5] -= 0.05
+    return reference, candidate
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_queries():
+    widths = {}
+    for count in (100, 1600):
+        interval = paired_bootstrap_delta(*_mixture(count))
+        assert interval.delta_points == pytest.approx(-1.0, abs=1e-9)
+        assert interval.low_points < -1.0 < interval.high_points
+        # The normal approximation of the mean's 95 % interval: ±1.96 · 2 / sqrt(n) points.
+        assert interval.half_width_points == pytest.approx(1.96 * 2 / np.sqrt(count), rel=0.15)
+        widths[count] = interval.high_points - interval.low_points
+    assert widths[100] / widths[1600] == pytest.approx(4.0, rel=0.2)  # 16× the queries, a quarter the width
+
+
+def test_bootstrap_is_seeded():
+    reference, candidate = _mixture(300)
+    first, again = paired_bootstrap_delta(reference, candidate), paired_bootstrap_delta(reference, candidate)
+    assert (first.low_points, first.high_points) == (again.low_points, again.high_points)
+    other = paired_bootstrap_delta(reference, candidate, seed=1)
+    assert (other.low_points, other.high_points) != (first.low_points, first.high_points)
+    assert other.delta_points == first.delta_points
+
+
+def test_bootstrap_skips_unmatched_queries_and_refuses_misaligned_ones():
+    reference, candidate = _mixture(100)
+    with_skipped = paired_bootstrap_delta(np.append(reference, np.nan), np.append(candidate, np.nan))
+    assert with_skipped == paired_bootstrap_delta(reference, candidate)
+    with pytest.raises(DataError, match="skip different queries"):
+        paired_bootstrap_delta(np.append(reference, np.nan), np.append(candidate, 0.5))
+    with pytest.raises(DataError, match="same queries"):
+        paired_bootstrap_delta(reference, candidate[:-1])
+    with pytest.raises(DataError, match="no query has a valid match"):
+        paired_bootstrap_delta(np.array([np.nan]), np.array([np.nan]))
+    with pytest.raises(ConfigError, match="confidence"):
+        paired_bootstrap_delta(reference, candidate, confidence=1.0)
+
+
+def test_too_few_queries_for_the_budget_is_named():
+    # 10 queries, one of them 0.3 AP worse: ΔmAP −3 points, an interval far wider than a ±0.5-point budget.
+    reference = np.full(10, 0.6)
+    candidate = reference.copy()
+    candidate[0] = 0.3
+    interval = paired_bootstrap_delta(reference, candidate)
+    assert interval.low_points == pytest.approx(-9.0) and interval.high_points == 0.0
+    assert interval.too_small_for(0.5) and not interval.too_small_for(5.0)
+    assert interval.too_small_message(0.5) == (
+        "the evaluation set of 10 queries is too small to judge a ±0.5-point mAP budget: the 95% interval of ΔmAP is "
+        "[-9.00, +0.00] points"
+    )

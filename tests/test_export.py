@@ -18,6 +18,7 @@ from edgereid.cli import _ReportingGroup
 from edgereid.cli.export import export_command
 from edgereid.data.records import ImageRecord
 from edgereid.errors import ConfigError, DataError
+from edgereid.evaluation import RankResult, evaluate_rank
 from edgereid.export import (
     count_batchnorm,
     export_checkpoint,
@@ -28,6 +29,7 @@ from edgereid.export import (
     select_calibration_records,
     verify_bundle,
 )
+from edgereid.export.bundle import delta_interval_fields, more_queries_remedy
 from edgereid.modeling import create_model
 from edgereid.modeling.config import ModelConfig
 from edgereid.modeling.layers.ibn import IBN
@@ -185,9 +187,14 @@ def test_verification_matches_the_checkpoint(bundle_dir: Path, checkpoint: Path)
     assert abs(fp32["delta_mAP_points"]) <= 0.1
     assert fp32["mAP"] == pytest.approx(reference.result.mAP, abs=1e-3)
     assert fp32["cosine_min"] > 0.99999
+    assert verification["num_valid_queries"] == reference.result.num_valid_queries
+    low, high = fp32["delta_mAP_ci95_points"]
+    assert low <= high and fp32["evaluation_too_small"] is ((high - low) / 2 > 0.1)
+    assert (fp32["evaluation_warning"] is None) is not fp32["evaluation_too_small"]
     # verify_bundle on the written bundle, on fewer images, gives the same agreement.
     again = verify_bundle(bundle_dir, max_images=8)
     assert again["num_query"] == 8 and again["num_gallery"] == 8 and again["passed"] is True
+    assert 0 < again["num_valid_queries"] <= 8
 
 
 def test_a_tampered_bundle_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
@@ -238,6 +245,47 @@ def test_bad_requests_are_named(checkpoint: Path, bundle_dir: Path, tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def _ranked(num_queries: int, demoted: int) -> tuple[RankResult, RankResult]:
+    """Reference and candidate scores of queries with one true match each, ranked first by the reference; the
+    candidate ranks it behind a shared distractor for the first ``demoted`` queries (AP 1 → 1/2)."""
+    rows = np.arange(num_queries)
+    reference = np.ones((num_queries, num_queries + 1), dtype=np.float32)
+    reference[rows, rows] = 0.1
+    reference[:, -1] = 0.5
+    candidate = reference.copy()
+    candidate[rows[:demoted], rows[:demoted]] = 0.6
+    labels = (rows, np.append(rows, -1), np.zeros(num_queries), np.ones(num_queries + 1))
+    return evaluate_rank(reference, *labels), evaluate_rank(candidate, *labels)
+
+
+def test_verification_names_an_evaluation_set_too_small_for_its_budget() -> None:
+    # 10 queries, one of them half as good: ΔmAP -5 points; a resample draws that query k ~ Binomial(10, 0.1)
+    # times for a ΔmAP of -5k, so the interval runs from k = 3 (P(k ≥ 3) = 7 %, P(k ≥ 4) = 1.3 %) to k = 0.
+    reference, candidate = _ranked(10, demoted=1)
+    assert np.nanmean(candidate.per_query_ap) == candidate.mAP == 0.95
+    fields = delta_interval_fields(reference, candidate, 0.5, more_queries_remedy("market1501-holdout", 20))
+    assert fields["delta_mAP_ci95_points"] == [-15.0, 0.0] and fields["evaluation_too_small"] is True
+    assert fields["evaluation_warning"] == (
+        "the evaluation set of 10 queries is too small to judge a ±0.5-point mAP budget: the 95% interval of ΔmAP is "
+        "[-15.00, +0.00] points; to judge it, drop --max-images (it kept the first 20 query images), or hold out "
+        "more identities as query/gallery when training (the recipe's data.holdout.num_test_ids; `edgereid data "
+        "info ROOT --holdout-ids N` shows the query split N identities give), or verify on a data set with a larger "
+        "query split (--data ROOT)"
+    )
+    # 2,000 queries, 1 % of them half as good: the same kind of loss, -0.5 points, now measured to ±0.22.
+    reference, candidate = _ranked(2000, demoted=20)
+    fields = delta_interval_fields(reference, candidate, 0.5, more_queries_remedy("market1501", None))
+    low, high = fields["delta_mAP_ci95_points"]
+    assert low < -0.5 < high and (high - low) / 2 == pytest.approx(1.96 * 50 * np.sqrt(0.01 * 0.99 / 2000), rel=0.15)
+    assert fields["evaluation_too_small"] is False and fields["evaluation_warning"] is None
+    # Without a budget there is nothing to judge: the interval alone.
+    unjudged = delta_interval_fields(reference, candidate, None, "")
+    assert unjudged["delta_mAP_ci95_points"] == [low, high] and unjudged["evaluation_too_small"] is None
+    assert more_queries_remedy("market1501", None) == (
+        "to judge it, verify on a data set with a larger query split (--data ROOT)"
+    )
+
+
 def _cli() -> _ReportingGroup:
     group = _ReportingGroup("edgereid")
     group.add_command(export_command)
@@ -250,6 +298,12 @@ def test_cli_export(checkpoint: Path, bundle_dir: Path, tmp_path: Path) -> None:
     result = runner.invoke(_cli(), ["export", str(checkpoint.parent), "--out", str(out), "--max-images", "8"])
     assert result.exit_code == 0, result.output
     assert "model.fp32.onnx" in result.output and "passed" in result.output
+    verification = json.loads((out / "manifest.json").read_text())["verification"]
+    fp32 = verification["precisions"]["fp32"]
+    low, high = fp32["delta_mAP_ci95_points"]
+    shown = " ".join(result.output.split())  # rich wraps lines at the console width
+    assert (f"fp32 mAP {fp32['mAP']:.2%} Δ {fp32['delta_mAP_points']:+.2f} [{low:+.2f}, {high:+.2f}] on "
+            f"{verification['num_valid_queries']} queries passed (±0.1)") in shown
     as_json = runner.invoke(_cli(), ["export", str(checkpoint), "--out", str(out), "--overwrite", "--no-verify",
                                      "--json"])
     assert as_json.exit_code == 0, as_json.output

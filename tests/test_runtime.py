@@ -286,15 +286,20 @@ def test_verify_runtime_scores_the_bundle_against_itself_and_pytorch(
     assert set(result) == {
         "kind", "schema_version", "created", "bundle", "model_id", "recipe", "network", "backbone", "input",
         "feature_dim",
-        "params", "dataset", "backend", "backend_detail", "flip", "reference", "results", "passed",
+        "params", "dataset", "num_query", "num_valid_queries", "backend", "backend_detail", "flip", "reference",
+        "results", "passed",
     }
     assert result["kind"] == "edgereid.verify" and result["schema_version"] == 1
     assert result["input"] == list(SIZE) and result["feature_dim"] == 512 and result["flip"] is True
     assert result["recipe"] == "tiny" and result["backbone"] == "resnet18" and result["params"] > 10_000_000
     fp32 = result["results"]["fp32"]
-    assert set(fp32) == {"mAP", "rank1", "rank5", "mINP", "delta_mAP_points", "cosine_min", "tolerance_mAP_points",
+    assert set(fp32) == {"mAP", "rank1", "rank5", "mINP", "delta_mAP_points", "delta_mAP_ci95_points",
+                         "evaluation_too_small", "evaluation_warning", "cosine_min", "tolerance_mAP_points",
                          "passed", "images_per_s"}
     assert fp32["delta_mAP_points"] == 0.0 and fp32["passed"] is True and fp32["tolerance_mAP_points"] == 0.1
+    # The reference against itself: the same AP on every query, so an interval of exactly nothing.
+    assert fp32["delta_mAP_ci95_points"] == [0.0, 0.0]
+    assert fp32["evaluation_too_small"] is False and fp32["evaluation_warning"] is None
     assert fp32["cosine_min"] == pytest.approx(1.0, abs=1e-6) and fp32["images_per_s"] > 0
     assert result["reference"]["mAP"] == fp32["mAP"] and result["passed"] is True
     if HAS_FP16:
@@ -302,12 +307,15 @@ def test_verify_runtime_scores_the_bundle_against_itself_and_pytorch(
         assert fp16["cosine_min"] > 0.999 and fp16["tolerance_mAP_points"] == 0.5
         assert fp16["delta_mAP_points"] == pytest.approx((fp16["mAP"] - fp32["mAP"]) * 100)
         assert fp16["passed"] is (abs(fp16["delta_mAP_points"]) <= 0.5)
+        low, high = fp16["delta_mAP_ci95_points"]
+        assert low <= high and fp16["evaluation_too_small"] is ((high - low) / 2 > 0.5)
     # Independently: the checkpoint's own embeddings score the same protocol to within the FP32 tolerance.
     dataset = result["dataset"]
     dataset_read = load_dataset(data_root)
     query = decode_records(dataset_read.query, SIZE)
     gallery = decode_records(dataset_read.gallery, SIZE)
     assert (dataset["num_query"], dataset["num_gallery"]) == (len(query.records), len(gallery.records))
+    assert result["num_query"] == dataset["num_query"]
     assert dataset["fingerprint"] == _fingerprint(data_root, [*query.records, *gallery.records])
     manifest = bundle.manifest["input"]
     transform = EvalTransform(SIZE, manifest["mean"], manifest["std"])
@@ -319,6 +327,7 @@ def test_verify_runtime_scores_the_bundle_against_itself_and_pytorch(
         gallery.records,
     )
     assert abs(scored.mAP - fp32["mAP"]) * 100 < 0.1
+    assert result["num_valid_queries"] == scored.num_valid_queries == np.count_nonzero(~np.isnan(scored.per_query_ap))
     assert json.loads(json.dumps(result)) == result  # plain JSON, nothing numpy
 
 
@@ -332,7 +341,51 @@ def test_verify_without_a_reference_reports_unknown_deltas(
     assert list(result["results"]) == ["fp32"]  # the reference network runs FP32 only, whatever the bundle has
     entry = result["results"]["fp32"]
     assert entry["delta_mAP_points"] is None and entry["passed"] is None and entry["cosine_min"] is None
+    assert entry["delta_mAP_ci95_points"] is None and entry["evaluation_too_small"] is None
     assert 0 <= entry["mAP"] <= 1 and result["dataset"]["num_query"] == 6 and result["passed"] is True
+
+
+@pytest.fixture
+def noisy_torch_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch backend made to embed with seeded noise: a backend that really loses accuracy, in a way the
+    reference (ONNX Runtime) does not share."""
+    original = Embedder.embed_images
+
+    def noisy(self: Embedder, images: object) -> np.ndarray:
+        features = original(self, images)
+        if self.backend == "torch":
+            features = features + np.random.default_rng(len(features)).normal(0, 0.03, features.shape)
+            features = (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32)
+        return features
+
+    monkeypatch.setattr(Embedder, "embed_images", noisy)
+
+
+def test_verify_on_too_few_queries_says_so(
+    bundle: ExportBundle, data_root: Path, noisy_torch_backend: None
+) -> None:
+    result = verify_runtime(bundle, "torch", data_root=data_root, max_images=8)
+    entry = result["results"]["fp32"]
+    low, high = entry["delta_mAP_ci95_points"]
+    queries = result["num_valid_queries"]
+    assert 0 < queries <= result["num_query"] == 8
+    # A few queries whose APs moved: an interval far wider than the ±0.1-point FP32 budget...
+    assert low < high and (high - low) / 2 > 0.1 and entry["evaluation_too_small"] is True
+    assert entry["evaluation_warning"] == (
+        f"the evaluation set of {queries} queries is too small to judge a ±0.1-point mAP budget: the 95% interval "
+        f"of ΔmAP is [{low:+.2f}, {high:+.2f}] points; to judge it, drop --max-images (it kept the first 8 query "
+        "images), or verify on a data set with a larger query split (--data ROOT)"
+    )
+    # ...while pass/fail is still |ΔmAP| within the budget.
+    assert entry["passed"] is (abs(entry["delta_mAP_points"]) <= 0.1)
+    runner = CliRunner()
+    shown = runner.invoke(_cli(), ["verify", str(bundle.path), "--backend", "torch", "--data", str(data_root),
+                                   "--max-images", "8"])
+    assert shown.exit_code == (0 if entry["passed"] else 1), shown.output
+    text = " ".join(shown.output.split())  # rich wraps lines at the console width
+    assert f"{entry['delta_mAP_points']:+.3f} [{low:+.2f}, {high:+.2f}]" in text
+    assert f"8 queries ({queries} with a match)" in text
+    assert f"fp32: the evaluation set of {queries} queries is too small to judge a ±0.1-point mAP budget" in text
 
 
 def test_verify_needs_a_data_set(bundle: ExportBundle, tmp_path: Path) -> None:
@@ -363,7 +416,7 @@ def test_cli_verify(bundle: ExportBundle, data_root: Path, tmp_path: Path, monke
             "--precision", "fp32"]
     result = runner.invoke(_cli(), [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "fp32" in result.output and "passed" in result.output and "+0.000" in result.output
+    assert "fp32" in result.output and "passed" in result.output and "+0.000 [+0.00, +0.00]" in result.output
     written = json.loads(out.read_text())
     assert written["results"]["fp32"]["passed"] is True and written["dataset"]["num_query"] == 8
     assert list(written["results"]) == ["fp32"]

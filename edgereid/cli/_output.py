@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 error_console = Console(stderr=True)
@@ -14,6 +16,19 @@ error_console = Console(stderr=True)
 def print_json(payload: Any) -> None:
     # Plain print, not rich: JSON on stdout must stay machine-readable whatever the terminal.
     print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def format_delta(delta: float, interval: list[float] | None, decimals: int = 2) -> str:
+    """A ΔmAP in points with its 95 % interval where there is one: ``-0.42 [-0.95, +0.10]``."""
+    text = f"{delta:+.{decimals}f}"
+    return text if interval is None else f"{text} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
+
+
+def print_evaluation_warnings(entries: Mapping[str, Mapping[str, Any]]) -> None:
+    """Each precision's warning that its queries were too few to judge its mAP budget."""
+    for precision, entry in entries.items():
+        if entry.get("evaluation_warning"):
+            console.print(f"[yellow]{precision}: {escape(entry['evaluation_warning'])}[/]")
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
-from edgereid.cli._output import console, print_json, require_extra
+from edgereid.cli._output import console, format_delta, print_evaluation_warnings, print_json, require_extra
 from edgereid.export.bundle import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 if TYPE_CHECKING:
@@ -109,23 +109,22 @@ def export_command(
 
 
 def print_bundle(bundle: ExportBundle) -> None:
-    """The bundle's models with their verified accuracy against PyTorch, as a table."""
+    """The bundle's models as a table, then each one's verified accuracy against PyTorch: ΔmAP with its interval,
+    one line per precision (the interval does not fit the table within 80 columns)."""
     manifest = bundle.manifest
     verification: dict[str, Any] = manifest.get("verification") or {}
     scores: dict[str, Any] = verification.get("precisions", {})
     title = f"{bundle.path}: {manifest['backbone']} ({manifest['network']}), {manifest['input']['height']}×" \
             f"{manifest['input']['width']}, D={manifest['output']['feature_dim']}"
-    table = Table("precision", "file", "size", "mAP", "Δ vs PyTorch", "cosine min", title=title)
+    table = Table("precision", "file", "size", "cosine min to PyTorch", title=title)
     for precision, entry in manifest["models"].items():
         score = scores.get(precision)
-        if score is None:
-            mAP = delta = "-"
-            cosine = f"{manifest['parity_random_input'][precision]['cosine_min']:.6f} (random input)"
-        else:
-            mAP = f"{score['mAP']:.2%}"
-            delta = f"{score['delta_mAP_points']:+.2f} pts"
-            cosine = f"{score['cosine_min']:.6f}"
-        table.add_row(precision, entry["file"], _size(entry["bytes"]), mAP, delta, cosine)
+        cosine = (
+            f"{manifest['parity_random_input'][precision]['cosine_min']:.6f} (random input)"
+            if score is None
+            else f"{score['cosine_min']:.6f}"
+        )
+        table.add_row(precision, entry["file"], _size(entry["bytes"]), cosine)
     console.print(table)
     for precision, entry in manifest["models"].items():
         pairs = (entry.get("equalization") or {}).get("pairs")
@@ -142,9 +141,20 @@ def print_bundle(bundle: ExportBundle) -> None:
             line += f" → {accuracy['drop_points_after']:+.2f} pts with the most sensitive layers in float: {kept}"
         console.print(line)
     if verification:
-        reference = verification["torch"]
-        status = "[green]passed[/]" if verification["passed"] else "[bold red]FAILED[/]"
+        # Bundles exported before intervals were recorded have the delta alone and count every query.
+        queries = verification.get("num_valid_queries", verification["num_query"])
         console.print(
-            f"PyTorch mAP {reference['mAP']:.2%} on {verification['num_query']} queries / "
-            f"{verification['num_gallery']} gallery images; verification {status}"
+            f"ONNX Runtime CPU against PyTorch (mAP {verification['torch']['mAP']:.2%}), {verification['num_gallery']:,}"
+            " gallery images; Δ: ΔmAP in points [95 % paired bootstrap interval over the queries with a match]"
         )
+        for precision, score in scores.items():
+            delta = format_delta(score["delta_mAP_points"], score.get("delta_mAP_ci95_points"))
+            tolerance = score["tolerance_mAP_points"]
+            verdict = _verdict(score["passed"]) + ("" if tolerance is None else f" (±{tolerance:g})")
+            console.print(f"  {precision:<9} mAP {score['mAP']:.2%}  Δ {delta} on {queries:,} queries  {verdict}")
+        print_evaluation_warnings(scores)
+        console.print(f"verification {_verdict(verification['passed'])}")
+
+
+def _verdict(passed: bool | None) -> str:
+    return "-" if passed is None else ("[green]passed[/]" if passed else "[bold red]FAILED[/]")

@@ -34,13 +34,16 @@ class RankResult:
     """Rank metrics as fractions in [0, 1], like FastReID's (its evaluator multiplies them by 100 to print).
 
     ``cmc[k - 1]`` is the share of valid queries with a correct match within the first ``k`` gallery images; it
-    has ``min(max_rank, num_gallery)`` entries.
+    has ``min(max_rank, num_gallery)`` entries. ``per_query_ap`` has one entry per query row, NaN where the query
+    was skipped: whether a query counts depends on the labels only, so two models scored on the same query and
+    gallery records give arrays aligned query by query (what a paired comparison of them needs).
     """
 
     mAP: float
     cmc: np.ndarray
     mINP: float
     num_valid_queries: int
+    per_query_ap: np.ndarray
 
     def rank(self, k: int) -> float:
         """CMC at rank ``k`` (1-based)."""
@@ -125,7 +128,7 @@ def evaluate_rank(
         chunks = [chunk(start) for start in starts]
     hit_queries = np.concatenate([queries for queries, _ in chunks])
     hit_ranks = np.concatenate([ranks for _, ranks in chunks])
-    return _summarise(hit_queries, hit_ranks, min(int(max_rank), num_gallery))
+    return _summarise(hit_queries, hit_ranks, min(int(max_rank), num_gallery), num_query)
 
 
 def _available_cores() -> int:
@@ -221,7 +224,7 @@ def _segment_starts(sorted_keys: np.ndarray) -> np.ndarray:
     return np.searchsorted(sorted_keys, sorted_keys, side="left")
 
 
-def _summarise(queries: np.ndarray, ranks: np.ndarray, max_rank: int) -> RankResult:
+def _summarise(queries: np.ndarray, ranks: np.ndarray, max_rank: int, num_query: int) -> RankResult:
     """Metrics from every correct match's (query, kept rank), sorted by query then rank."""
     if queries.size == 0:
         raise DataError(
@@ -242,9 +245,12 @@ def _summarise(queries: np.ndarray, ranks: np.ndarray, max_rank: int) -> RankRes
     first_hits = np.bincount(first_ranks[first_ranks < max_rank], minlength=max_rank)
     # float32 counts over a float32 count of queries: the same rounding as FastReID's float32 CMC.
     cmc = np.cumsum(first_hits).astype(np.float32) / np.float32(first.size)
+    per_query_ap = np.full(num_query, np.nan)
+    per_query_ap[queries[first]] = average_precision
     return RankResult(
         mAP=float(np.mean(average_precision)),
         cmc=cmc,
         mINP=float(np.mean(inverse_negative_penalty)),
         num_valid_queries=int(first.size),
+        per_query_ap=per_query_ap,
     )

@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from edgereid.errors import ExportError
 from edgereid.export.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
     PRECISIONS,
     ExportBundle,
-    ExportError,
     export_checkpoint,
     load_bundle,
     verify_bundle,
@@ -23,13 +23,13 @@ from edgereid.export.bundle import (
 from edgereid.export.calibration import select_calibration_records
 
 if TYPE_CHECKING:
-    from edgereid.export.fold import count_batchnorm, fold_batchnorm, fold_batchnorm_with_report
     from edgereid.export.onnx_export import export_onnx
+    from edgereid.modeling.fold import count_batchnorm, fold_batchnorm, fold_batchnorm_with_report
 
 _LAZY = {
-    "count_batchnorm": "edgereid.export.fold",
-    "fold_batchnorm": "edgereid.export.fold",
-    "fold_batchnorm_with_report": "edgereid.export.fold",
+    "count_batchnorm": "edgereid.modeling.fold",
+    "fold_batchnorm": "edgereid.modeling.fold",
+    "fold_batchnorm_with_report": "edgereid.modeling.fold",
     "export_onnx": "edgereid.export.onnx_export",
 }
 

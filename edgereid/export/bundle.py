@@ -5,7 +5,7 @@ place, so a failed export never leaves a half-written bundle.
 
 ``verify_bundle`` scores every model of a bundle with ONNX Runtime (the reference runtime for accuracy) on the
 query/gallery of the recipe's data and compares with the PyTorch checkpoint: per-image cosine similarity of the
-embeddings and mAP/rank-1.
+embeddings and mAP/rank-1, ΔmAP with its paired bootstrap interval over the queries.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from edgereid import __version__
 from edgereid.atomic import atomic_write_bytes, publish_directory
 from edgereid.data.images import normalize_images
 from edgereid.errors import ConfigError, DataError, EdgeReIDError
+from edgereid.evaluation.bootstrap import paired_bootstrap_delta
+from edgereid.evaluation.rank import RankResult
 
 # ONNX Runtime graph optimisations every edgereid session turns off. WeightBiasQuantization (ONNX Runtime 1.21+)
 # quantizes, at load time, the float weights of a layer that sits between a DequantizeLinear and a QuantizeLinear —
@@ -49,11 +51,6 @@ MIN_OPSET = 13
 MAX_OPSET = 20
 DEFAULT_OPSET = MAX_OPSET
 
-
-class ExportError(EdgeReIDError):
-    """The model could not be turned into a valid ONNX file (or a reduced-precision one)."""
-
-    exit_code = 1
 
 BUNDLE_FORMAT = "edgereid-bundle"
 BUNDLE_VERSION = 1
@@ -239,10 +236,11 @@ def export_checkpoint(
     replaces the INT8 verification tolerance recorded in the manifest. ``equalize`` rescales the activations between
     convolutions before INT8 (:mod:`edgereid.export.equalize`); None leaves it to each target's default.
     """
-    from edgereid.export.fold import check_folding, fold_batchnorm_with_report
+    from edgereid.export.fold import check_folding
     from edgereid.export.onnx_export import export_onnx
+    from edgereid.modeling.fold import fold_batchnorm_with_report
     from edgereid.training.checkpoint import load_checkpoint
-    from edgereid.training.evaluate import build_model
+    from edgereid.training.evaluate import build_model, build_reference_model
 
     wanted = check_precisions(precisions)
     check_opset(opset)
@@ -267,7 +265,9 @@ def export_checkpoint(
     _check_destination(out_dir, overwrite)
     checkpoint = load_checkpoint(checkpoint_path)
     network_name, model_config, _ = checkpoint.network(network)
-    model = build_model(checkpoint, "cpu", network=network) if network is not None else build_model(checkpoint, "cpu")
+    model = build_reference_model(checkpoint, "cpu", network)
+    # A quantization-aware trained network: its INT8 models carry what it learned instead of a calibration.
+    quantized = build_model(checkpoint, "cpu", network) if checkpoint.quantization is not None else None
     started = time.perf_counter()
     folded, fold_report = fold_batchnorm_with_report(model)
     fold_check = check_folding(model, folded, *_fold_check_images(checkpoint.recipe.data))
@@ -300,10 +300,13 @@ def export_checkpoint(
                         data, policy, num_images=calibration_images,
                         cache_dir=None if calibration_cache_dir is None else Path(calibration_cache_dir),
                     )
-                extra[precision] = quantize_within_budget(
-                    precision, fp32_path, target, calibration, train, data, method=calibration_method,
-                    max_map_drop=max_map_drop, flip=checkpoint.recipe.train.flip_test, equalize=equalize,
-                )
+                if quantized is not None:
+                    extra[precision] = _quantize_qat(precision, quantized, target, input_size, opset, calibration)
+                else:
+                    extra[precision] = quantize_within_budget(
+                        precision, fp32_path, target, calibration, train, data, method=calibration_method,
+                        max_map_drop=max_map_drop, flip=checkpoint.recipe.train.flip_test, equalize=equalize,
+                    )
                 extra[precision]["tolerance_mAP_points"] = (
                     MAP_TOLERANCE_POINTS[precision] if max_map_drop is None else max_map_drop
                 )
@@ -362,6 +365,13 @@ def export_checkpoint(
             "timings": timings,
             "verification": None,
         }
+        if quantized is not None and checkpoint.quantization is not None:
+            # The FP32 (and FP16) models are the network QAT started from: the reference INT8 is verified against.
+            manifest["quantization_aware"] = {
+                "scheme": checkpoint.quantization.scheme,
+                "fp32_from": checkpoint.quantization.init,
+                "calibration": checkpoint.quantization.calibration,
+            }
         if verify:
             manifest["verification"] = verify_bundle(
                 ExportBundle(built, manifest), data_root=data_root, max_images=max_images, model=model
@@ -372,6 +382,18 @@ def export_checkpoint(
         shutil.rmtree(built, ignore_errors=True)
         raise
     return ExportBundle(out_dir, manifest)
+
+
+def _quantize_qat(
+    precision: str, model: torch.nn.Module, target: Path, input_size: tuple[int, int], opset: int,
+    calibration: Any,
+) -> dict[str, Any]:
+    """A quantization-aware trained network's INT8 model for ``precision``'s target, with its learned scales."""
+    from edgereid.export.qat_export import quantize_qat_int8, quantize_qat_int8_cpu
+
+    if precision == "int8":
+        return quantize_qat_int8(model, target, input_size, opset=opset)
+    return quantize_qat_int8_cpu(model, target, input_size, calibration, opset=opset)
 
 
 FOLD_CHECK_IMAGES = 16
@@ -443,8 +465,10 @@ def verify_bundle(
     The data is the recipe's query/gallery (``data_root`` replaces its root; ``max_images`` keeps the first N of
     each split, for both sides alike). Flip averaging follows the recipe's ``train.flip_test``, as
     ``edgereid eval``. Returns ``{"torch": {mAP, rank1}, "precisions": {p: {mAP, rank1, delta_mAP_points,
-    cosine_min, cosine_mean, max_abs_diff, images_per_s, tolerance_mAP_points, passed}}, "passed", ...}``; mAP and
-    rank-1 as fractions, deltas in mAP points (percent).
+    delta_mAP_ci95_points, evaluation_too_small, evaluation_warning, cosine_min, cosine_mean, max_abs_diff,
+    images_per_s, tolerance_mAP_points, passed}}, "num_query", "num_valid_queries", "passed", ...}``; mAP and
+    rank-1 as fractions, deltas in mAP points (percent). ``passed`` is |ΔmAP| within the tolerance; the interval
+    (:func:`delta_interval_fields`) says whether the queries were enough to tell.
     """
     import torch
 
@@ -452,7 +476,7 @@ def verify_bundle(
     from edgereid.evaluation.features import evaluate_features
     from edgereid.training.checkpoint import load_checkpoint
     from edgereid.training.data import decode_split, prepare_dataset
-    from edgereid.training.evaluate import build_model
+    from edgereid.training.evaluate import build_reference_model
     from edgereid.training.inference import embed_images
 
     if not isinstance(bundle, ExportBundle):
@@ -461,7 +485,7 @@ def verify_bundle(
     wanted = list(bundle.precisions) if precisions is None else [p for p in check_precisions(precisions)]
     source = load_checkpoint(checkpoint if checkpoint is not None else manifest["source"]["checkpoint"])
     if model is None:
-        model = build_model(source, "cpu", network=manifest["network"])
+        model = build_reference_model(source, "cpu", network=manifest["network"])
     data = source.recipe.data
     if data_root is not None:
         data = data.model_copy(update={"root": Path(data_root), "synthetic": None})
@@ -470,6 +494,7 @@ def verify_bundle(
     dataset = prepare_dataset(data)
     if not dataset.query or not dataset.gallery:
         raise DataError(f"data set '{data.root}' has no query or no gallery split to verify on")
+    remedy = more_queries_remedy(dataset.name, max_images)
     query_records = list(dataset.query)[:max_images] if max_images else list(dataset.query)
     gallery_records = list(dataset.gallery)[:max_images] if max_images else list(dataset.gallery)
     query = decode_split(query_records, data, "query-verify" if max_images else "query")
@@ -496,6 +521,7 @@ def verify_bundle(
             "mAP": float(scored.mAP),
             "rank1": float(scored.rank1),
             "delta_mAP_points": float(delta),
+            **delta_interval_fields(reference, scored, tolerance, remedy),
             "delta_rank1_points": float((scored.rank1 - reference.rank1) * 100.0),
             "cosine_min": float(cosine.min()),
             "cosine_mean": float(cosine.mean()),
@@ -510,9 +536,44 @@ def verify_bundle(
         "runtime": "onnxruntime CPUExecutionProvider",
         "data_root": str(data.root),
         "num_query": len(query.records),
+        "num_valid_queries": reference.num_valid_queries,
         "num_gallery": len(gallery.records),
         "flip": flip,
         "torch": {"mAP": float(reference.mAP), "rank1": float(reference.rank1)},
         "precisions": results,
         "passed": all(entry["passed"] is not False for entry in results.values()),
     }
+
+
+def delta_interval_fields(
+    reference: RankResult, candidate: RankResult, tolerance: float | None, remedy: str
+) -> dict[str, Any]:
+    """A verification entry's ΔmAP interval and, where the queries are too few for ``tolerance``, the warning.
+
+    Pass/fail stays |ΔmAP| ≤ tolerance: the interval does not move the gate, it tells whether to trust it.
+    ``evaluation_too_small`` is null without a tolerance to judge against.
+    """
+    interval = paired_bootstrap_delta(reference.per_query_ap, candidate.per_query_ap)
+    too_small = warning = None
+    if tolerance is not None:
+        too_small = interval.too_small_for(tolerance)
+        warning = f"{interval.too_small_message(tolerance)}; {remedy}" if too_small else None
+    return {
+        "delta_mAP_ci95_points": [interval.low_points, interval.high_points],
+        "evaluation_too_small": too_small,
+        "evaluation_warning": warning,
+    }
+
+
+def more_queries_remedy(dataset_name: str, max_images: int | None) -> str:
+    """How to verify on more queries, in the options `edgereid export` and `edgereid verify` share."""
+    ways = []
+    if max_images:
+        ways.append(f"drop --max-images (it kept the first {max_images} query images)")
+    if dataset_name.endswith("-holdout"):
+        ways.append(
+            "hold out more identities as query/gallery when training (the recipe's data.holdout.num_test_ids; "
+            "`edgereid data info ROOT --holdout-ids N` shows the query split N identities give)"
+        )
+    ways.append("verify on a data set with a larger query split (--data ROOT)")
+    return "to judge it, " + ", or ".join(ways)

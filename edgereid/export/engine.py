@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from edgereid.atomic import atomic_file, atomic_write_bytes, atomic_write_text
-from edgereid.errors import ConfigError, DataError, EdgeReIDError
-from edgereid.export.bundle import MANIFEST_NAME, ExportBundle, ExportError, load_bundle, sha256_file
+from edgereid.errors import ConfigError, DataError, EdgeReIDError, ExportError
+from edgereid.export.bundle import MANIFEST_NAME, ExportBundle, load_bundle, sha256_file
 
 # int8_cpu is quantised for ONNX Runtime's CPU kernels; int8 is the Q/DQ model laid out for TensorRT.
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")

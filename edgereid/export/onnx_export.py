@@ -10,28 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from edgereid.atomic import atomic_write_bytes
-from edgereid.export.bundle import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportError, check_opset
+from edgereid.errors import ExportError
+from edgereid.export.bundle import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, check_opset
+from edgereid.modeling.model import TestEmbedding
 
 log = logging.getLogger(__name__)
-
-
-class Embedder(nn.Module):
-    """The graph that is exported: the model's test embedding, as ``edgereid eval`` computes it."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: Tensor) -> Tensor:
-        extract = getattr(self.model, "extract", None)
-        if extract is not None:
-            output: Tensor = extract(images)["embedding"]
-            return output
-        result: Tensor = self.model(images)
-        return result
 
 
 def _simplify(model: Any) -> tuple[Any, str]:
@@ -77,7 +63,7 @@ def export_onnx(
     was_training = model.training
     device = next(model.parameters()).device
     model.eval().cpu()
-    wrapped = Embedder(model)
+    wrapped = TestEmbedding(model)
     example = torch.zeros(2 if dynamic_batch else 1, 3, height, width)
     scratch = tempfile.TemporaryDirectory(prefix="edgereid-onnx-")
     raw_path = Path(scratch.name) / "raw.onnx"

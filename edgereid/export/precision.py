@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgereid.atomic import atomic_write_bytes
-from edgereid.errors import ConfigError
-from edgereid.export.bundle import ExportError
+from edgereid.errors import ConfigError, ExportError
 from edgereid.export.calibration import (
     DEFAULT_CACHE_DIR,
     CalibrationPolicy,
@@ -203,7 +202,7 @@ def _ort_patches_undone() -> Iterator[None]:
                     setattr(owner, name, attributes[name])
 
 
-class _BatchReader:
+class BatchReader:
     """ONNX Runtime's CalibrationDataReader protocol over the calibration batch, in slices of a fixed size."""
 
     def __init__(self, images: np.ndarray, input_name: str) -> None:
@@ -290,7 +289,7 @@ class OrtQuantizer:
                     quantize_static(
                         str(self.source),
                         str(output),
-                        _BatchReader(self.calibration.images, self.input_name),
+                        BatchReader(self.calibration.images, self.input_name),
                         quant_format=QuantFormat.QDQ,
                         per_channel=True,
                         reduce_range=self.reduce_range,

@@ -30,11 +30,10 @@ import numpy as np
 
 from edgereid.data.holdout import split_first_per_key
 from edgereid.data.records import ImageRecord
-from edgereid.errors import DataError
+from edgereid.errors import DataError, ExportError
 from edgereid.export.bundle import (
     ORT_DISABLED_OPTIMIZERS,
     OUTPUT_NAME,
-    ExportError,
     _cosine,
     _session,
     embed_onnx,

@@ -50,6 +50,23 @@ class ReIDModel(nn.Module):
         return features
 
 
+class TestEmbedding(nn.Module):
+    """A model's test embedding as its whole forward, as ``edgereid eval`` computes it: the graph that is folded,
+    quantized and exported."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        extract = getattr(self.model, "extract", None)
+        if extract is not None:
+            output: Tensor = extract(images)["embedding"]
+            return output
+        result: Tensor = self.model(images)
+        return result
+
+
 def create_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
     """Build the model ``cfg`` describes with a ``num_classes``-way identity classifier.
 

@@ -153,6 +153,32 @@ class DistillConfig(_Strict):
     )
 
 
+class QATConfig(_Strict):
+    """Quantization-aware training (:mod:`edgereid.training.qat`): the recipe's ``model``, as trained in the FP32
+    checkpoint ``init``, fine-tuned with INT8 fake quantization by the recipe's losses and ``solver`` plus
+    self-distillation from the frozen FP32 network (logit KL, metric mutual loss and the embedding itself)."""
+
+    init: Path = Field(description="the trained FP32 checkpoint: a .pt file or a run directory (its last.pt)")
+    network: str | None = Field(None, description="which network of a mutual checkpoint (default its student)")
+    calibration_images: int = Field(512, ge=16, description="train images the activation ranges are calibrated on")
+    kl_weight: float = Field(1.0, ge=0, description="logit KL, FP32 → quantized network")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature of the KL (scaled by T^2)")
+    metric_weight: float = Field(0.001, ge=0, description="metric mutual loss on the global distance matrices")
+    embedding_weight: float = Field(1.0, ge=0, description="MSE between the quantized and the FP32 embeddings")
+
+    def as_distillation(self) -> DistillConfig:
+        """The self-distillation as a distillation from the FP32 checkpoint."""
+        return DistillConfig(
+            teacher=self.init,
+            teacher_network=self.network,
+            kl_weight=self.kl_weight,
+            temperature=self.temperature,
+            metric_weight=self.metric_weight,
+            embedding_weight=self.embedding_weight,
+            embedding_projection=False,
+        )
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run directory")
     description: str = ""
@@ -165,6 +191,7 @@ class Recipe(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     mutual: MutualConfig | None = None
     distill: DistillConfig | None = None
+    qat: QATConfig | None = None
 
     @property
     def student(self) -> str:
@@ -176,11 +203,22 @@ class Recipe(_Strict):
         peers = self.mutual.peers if self.mutual is not None else {}
         return {self.student: self.model, **peers}
 
+    @property
+    def teacher(self) -> DistillConfig | None:
+        """What the recipe's model learns from besides its own losses: a ``distill`` teacher, or in QAT the FP32
+        network itself."""
+        return self.qat.as_distillation() if self.qat is not None else self.distill
+
     @model_validator(mode="after")
     def _one_teaching_scheme(self) -> Recipe:
         if self.mutual is not None and self.distill is not None:
             raise ValueError(
                 "a recipe has either mutual (networks trained together) or distill (a frozen teacher), not both"
+            )
+        if self.qat is not None and (self.mutual is not None or self.distill is not None):
+            raise ValueError(
+                "qat fine-tunes one trained network against its own FP32 self; remove mutual and distill (train "
+                "with them first, then give that checkpoint as qat.init)"
             )
         return self
 

@@ -24,7 +24,7 @@ from edgereid.data.images import DecodedImages, decode_records
 from edgereid.errors import ConfigError, DataError
 from edgereid.evaluation.features import evaluate_features
 from edgereid.evaluation.rank import RankResult
-from edgereid.export.bundle import ExportBundle, load_bundle
+from edgereid.export.bundle import ExportBundle, delta_interval_fields, load_bundle, more_queries_remedy
 from edgereid.runtime.embedder import Embedder
 from edgereid.runtime.runners import select_precisions
 
@@ -46,8 +46,10 @@ def verify_runtime(
     against the FP32 model on ONNX Runtime CPU; the ``edgereid.verify`` JSON document (see docs/ARCHITECTURE.md).
 
     ``data_root`` replaces the root recorded in the bundle's verification; ``max_images`` keeps the first N query
-    and the first N gallery images. Without onnxruntime there is no reference: deltas and ``passed`` are null
-    (unknown), never 0. ``runner_options`` go to the backend.
+    and the first N gallery images. ``passed`` is |ΔmAP| within the precision's tolerance; each delta comes with its
+    paired bootstrap interval over the queries and a warning where they are too few to judge the tolerance. Without
+    onnxruntime there is no reference: deltas, intervals and ``passed`` are null (unknown), never 0.
+    ``runner_options`` go to the backend.
     """
     if not isinstance(bundle, ExportBundle):
         bundle = load_bundle(bundle)
@@ -76,19 +78,26 @@ def verify_runtime(
     if reference_features is None:
         reference_features = _reference_features(bundle, np.concatenate([query.images, gallery.images]))
     reference_score = None if reference_features is None else _score(reference_features, query, gallery)
+    remedy = more_queries_remedy(dataset_name, max_images)
 
+    scores = {precision: _score(features[precision], query, gallery) for precision in wanted}
     results: dict[str, dict[str, Any]] = {}
-    for precision in wanted:
-        score = _score(features[precision], query, gallery)
+    for precision, score in scores.items():
         tolerance = bundle.tolerance(precision)
         delta = None if reference_score is None else (score.mAP - reference_score.mAP) * 100.0
         cosine_min = None
         if reference_features is not None:
             # Both sides are L2-normalised: the row-wise dot product is the cosine.
             cosine_min = float(np.min(np.sum(features[precision] * reference_features, axis=1)))
+        interval: dict[str, Any] = (
+            {"delta_mAP_ci95_points": None, "evaluation_too_small": None, "evaluation_warning": None}
+            if reference_score is None
+            else delta_interval_fields(reference_score, score, tolerance, remedy)
+        )
         results[precision] = {
             **_metrics(score),
             "delta_mAP_points": delta,
+            **interval,
             "cosine_min": cosine_min,
             "tolerance_mAP_points": tolerance,
             "passed": None if delta is None or tolerance is None else bool(abs(delta) <= tolerance),
@@ -113,6 +122,9 @@ def verify_runtime(
             "num_gallery": len(gallery.records),
             "fingerprint": dataset_fingerprint(root, query.records, gallery.records),
         },
+        "num_query": len(query.records),
+        # Which queries have a match depends on the labels only: the same for every precision.
+        "num_valid_queries": scores[wanted[0]].num_valid_queries,
         "backend": backend,
         "backend_detail": backend_detail,
         "flip": bool(manifest["test"]["flip"]),

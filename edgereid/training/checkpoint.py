@@ -26,6 +26,41 @@ CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
+class QuantizationState:
+    """What a QAT checkpoint holds beside the quantized weights: modelopt's quantizer state, the FP32 network's
+    weights (unfolded: the reference every INT8 model is verified against), and the checkpoint they came from."""
+
+    scheme: str
+    modelopt_state: dict[str, Any]
+    fp32_state: dict[str, torch.Tensor]
+    init: dict[str, Any]
+    calibration: dict[str, Any]
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "modelopt_state": self.modelopt_state,
+            "fp32_model": self.fp32_state,
+            "init": self.init,
+            "calibration": self.calibration,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Any, where: str) -> QuantizationState:
+        keys = ("scheme", "modelopt_state", "fp32_model", "init", "calibration")
+        if not isinstance(payload, dict) or any(key not in payload for key in keys):
+            missing = [key for key in keys if not isinstance(payload, dict) or key not in payload]
+            raise DataError(f"{where} has a damaged quantization record: missing {', '.join(missing)}")
+        return cls(
+            scheme=str(payload["scheme"]),
+            modelopt_state=dict(payload["modelopt_state"]),
+            fp32_state=dict(payload["fp32_model"]),
+            init=dict(payload["init"]),
+            calibration=dict(payload["calibration"]),
+        )
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """What a checkpoint file holds. ``training_state`` (optimizer, scheduler, sampler, RNG) is only for resuming."""
 
@@ -40,6 +75,8 @@ class Checkpoint:
     training_state: dict[str, Any]
     student: str
     peer_states: dict[str, dict[str, torch.Tensor]]
+    # Set for a quantization-aware trained checkpoint: ``model_state`` then holds the folded, fake-quantized network.
+    quantization: QuantizationState | None = None
 
     @property
     def network_names(self) -> list[str]:
@@ -70,6 +107,7 @@ def save_checkpoint(
     metrics: dict[str, Any],
     training_state: dict[str, Any],
     peer_states: dict[str, dict[str, torch.Tensor]] | None = None,
+    quantization: QuantizationState | None = None,
 ) -> None:
     """``model_state`` is the student's (the recipe's ``model``); ``peer_states`` the mutual peers', by name."""
     payload = {
@@ -85,6 +123,7 @@ def save_checkpoint(
         "iteration": iteration,
         "metrics": metrics,
         "training_state": training_state,
+        "quantization": quantization.to_payload() if quantization is not None else None,
     }
     atomic_torch_save(payload, path)
 
@@ -163,4 +202,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         # Checkpoints written before mutual learning hold one network, the recipe's model.
         student=student,
         peer_states=peer_states,
+        quantization=(
+            QuantizationState.from_payload(payload["quantization"], f"checkpoint '{path}'")
+            if payload.get("quantization") is not None
+            else None
+        ),
     )

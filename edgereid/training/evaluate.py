@@ -24,11 +24,29 @@ from edgereid.training.trainer import resolve_device
 
 def build_model(checkpoint: Checkpoint, device: torch.device | str = "cpu", network: str | None = None) -> ReIDModel:
     """The checkpoint's model with its weights, in eval mode, on ``device``: the network named ``network`` of a
-    mutual-learning checkpoint (default: the student); an unknown name is a ConfigError listing the names."""
-    _, config, _ = checkpoint.network(network)
+    mutual-learning checkpoint (default: the student); an unknown name is a ConfigError listing the names. A
+    quantization-aware trained student is the folded network with its fake quantizers: INT8 arithmetic simulated."""
+    name, config, weights = checkpoint.network(network)
+    if checkpoint.quantization is not None and name == checkpoint.student:
+        from edgereid.training.qat import restore_quantized_model
+
+        return restore_quantized_model(config, checkpoint.num_classes, checkpoint.quantization, weights).to(device)
     model = create_model(config, num_classes=checkpoint.num_classes)
     load_model_state(model, checkpoint, network)
     return model.to(device).eval()
+
+
+def build_reference_model(
+    checkpoint: Checkpoint, device: torch.device | str = "cpu", network: str | None = None
+) -> ReIDModel:
+    """The FP32 network that reduced-precision models of ``network`` are verified against: :func:`build_model`'s,
+    except for a quantization-aware trained student, whose FP32 reference is the network QAT started from."""
+    name, config, _ = checkpoint.network(network)
+    if checkpoint.quantization is not None and name == checkpoint.student:
+        from edgereid.training.qat import build_fp32_model
+
+        return build_fp32_model(config, checkpoint.num_classes, checkpoint.quantization).to(device)
+    return build_model(checkpoint, device, network)
 
 
 @dataclass(frozen=True)

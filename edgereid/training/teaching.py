@@ -19,26 +19,32 @@ from edgereid.losses import ReIDCriterion
 from edgereid.losses.metric import feature_distances
 from edgereid.losses.mutual import distillation_kl_loss, kl_mutual_loss, metric_mutual_loss
 from edgereid.modeling import ReIDModel, create_model
+from edgereid.modeling.config import ModelConfig
 from edgereid.recipes import Recipe
-from edgereid.training.checkpoint import load_checkpoint, load_model_state
+from edgereid.training.checkpoint import Checkpoint, load_checkpoint, load_model_state
 
 Outputs = Mapping[str, Tensor]
 
 
 def load_teacher(recipe: Recipe, class_pids: list[int], device: torch.device) -> ReIDModel:
-    """The frozen teacher of ``recipe.distill``: in eval mode, without gradients, on ``device``.
+    """The frozen teacher of ``recipe.teacher`` (``distill``, or QAT's FP32 network): in eval mode, without
+    gradients, on ``device``.
 
     It must have been trained on the student's identities (its logits are compared class by class) at the
-    student's input size; a checkpoint whose weights do not fit its own recipe is refused.
+    student's input size; a checkpoint whose weights do not fit its own recipe is refused. QAT's FP32 network must
+    be the recipe's model and not itself quantized.
     """
-    distill = recipe.distill
+    distill = recipe.teacher
     assert distill is not None
+    key = "qat.init" if recipe.qat is not None else "distill.teacher"
     try:
         checkpoint = load_checkpoint(distill.teacher)
     except DataError as error:
-        raise DataError(f"distill.teacher: {error}") from None
+        raise DataError(f"{key}: {error}") from None
     name, config, _ = checkpoint.network(distill.teacher_network)
-    where = f"distill.teacher '{checkpoint.path}' (network {name!r})"
+    where = f"{key} '{checkpoint.path}' (network {name!r})"
+    if recipe.qat is not None:
+        _check_qat_init(recipe, checkpoint, config, where)
     teacher_size, student_size = tuple(checkpoint.recipe.data.size), tuple(recipe.data.size)
     if teacher_size != student_size:
         raise ConfigError(
@@ -59,9 +65,50 @@ def load_teacher(recipe: Recipe, class_pids: list[int], device: torch.device) ->
     try:
         load_model_state(teacher, checkpoint, name)
     except DataError as error:
-        raise DataError(f"distill.teacher: {error}") from None
+        raise DataError(f"{key}: {error}") from None
     teacher.requires_grad_(False)
     return teacher.to(device).eval()
+
+
+def check_teacher(recipe: Recipe) -> None:
+    """Refuse, before a run writes anything, a teacher (or QAT's FP32 checkpoint) that cannot teach the recipe's
+    model on its data: what :func:`load_teacher` checks, on the train split's identities."""
+    from edgereid.training.data import IdentityClasses, prepare_dataset
+
+    if recipe.qat is not None:
+        from edgereid.training.qat import require_modelopt
+
+        require_modelopt()
+    dataset = prepare_dataset(recipe.data)
+    if not dataset.train:
+        what = "quantization-aware training" if recipe.qat is not None else "distillation"
+        raise DataError(f"data set '{recipe.data.root}' has no train split; {what} trains on train images")
+    load_teacher(recipe, IdentityClasses.from_records(dataset.train).pids, torch.device("cpu"))
+
+
+def _check_qat_init(recipe: Recipe, checkpoint: Checkpoint, config: ModelConfig, where: str) -> None:
+    if checkpoint.quantization is not None:
+        raise ConfigError(
+            f"{where} is already quantization-aware trained; give the FP32 checkpoint it came from "
+            f"('{checkpoint.quantization.init['checkpoint']}')"
+        )
+    # The ImageNet weights a backbone started from do not change the network.
+    mine = recipe.model.model_dump(mode="json", exclude={"backbone": {"pretrained"}})
+    theirs = config.model_dump(mode="json", exclude={"backbone": {"pretrained"}})
+    if mine != theirs:
+        differing = sorted(differing_keys(mine, theirs))
+        raise ConfigError(
+            f"{where} is not the recipe's model: model.{', model.'.join(differing)} differ; QAT fine-tunes the "
+            "network the checkpoint holds, so give the recipe that checkpoint's model (`_base_:` its recipe)"
+        )
+
+
+def differing_keys(left: object, right: object, prefix: str = "") -> list[str]:
+    """The dotted key paths where two nested dicts differ."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        keys = set(left) | set(right)
+        return [path for key in keys for path in differing_keys(left.get(key), right.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if left != right else []
 
 
 @torch.no_grad()
@@ -100,7 +147,7 @@ class TrainingObjective:
         self.criterion = ReIDCriterion(recipe.losses)
         self.normalize = recipe.losses.triplet.normalize
         self.projection: nn.Linear | None = None
-        distill = recipe.distill
+        distill = recipe.teacher
         if distill is not None and teacher is None:
             raise ValueError("a distillation recipe needs its teacher")
         self.teacher_neck_feat = teacher.heads.neck_feat if teacher is not None else "after"
@@ -118,7 +165,7 @@ class TrainingObjective:
     def __call__(
         self, outputs: Mapping[str, Outputs], targets: Tensor, teacher: Outputs | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        recipe, mutual, distill = self.recipe, self.recipe.mutual, self.recipe.distill
+        recipe, mutual, distill = self.recipe, self.recipe.mutual, self.recipe.teacher
         distances: dict[str, Tensor] = {}
 
         def global_distances(name: str, network_outputs: Outputs) -> Tensor:

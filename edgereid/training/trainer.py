@@ -12,12 +12,13 @@ summed on the device and read back only every ``train.log_period`` iterations.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -37,7 +38,13 @@ from edgereid.errors import ConfigError, EdgeReIDError
 from edgereid.evaluation.features import evaluate_features
 from edgereid.modeling import ReIDModel, create_model
 from edgereid.recipes import Recipe, recipe_from_dict, recipe_to_yaml
-from edgereid.training.checkpoint import Checkpoint, load_checkpoint, load_model_state, save_checkpoint
+from edgereid.training.checkpoint import (
+    Checkpoint,
+    QuantizationState,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from edgereid.training.data import (
     IdentityClasses,
     check_batch_fits,
@@ -48,7 +55,24 @@ from edgereid.training.data import (
 from edgereid.training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from edgereid.training.inference import embed_images
 from edgereid.training.optim import build_optimizer, build_scheduler
-from edgereid.training.teaching import TrainingObjective, load_teacher, teacher_outputs
+from edgereid.training.qat import (
+    SCHEME,
+    build_fp32_model,
+    describe_init,
+    freeze_norms,
+    modelopt_state,
+    quantize_model,
+    quantized_layers,
+    restore_quantized_model,
+    sync_weight_ranges,
+)
+from edgereid.training.teaching import (
+    TrainingObjective,
+    check_teacher,
+    differing_keys,
+    load_teacher,
+    teacher_outputs,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -118,6 +142,8 @@ def train(
         resumed = load_checkpoint(resume)
         recipe = _recipe_for_resume(resumed, recipe)
     assert recipe is not None
+    if recipe.teacher is not None and resumed is None and run_dir is None:
+        check_teacher(recipe)
     device_name = device or recipe.train.device
     use_cuda = resolve_device(device_name).type == "cuda"
     context = init_distributed(use_cuda)
@@ -140,7 +166,7 @@ def _recipe_for_resume(checkpoint: Checkpoint, recipe: Recipe | None) -> Recipe:
     mine = _without(recipe.model_dump(mode="json"), comparable)
     theirs = _without(saved.model_dump(mode="json"), comparable)
     if mine != theirs:
-        differing = sorted(_differing_keys(mine, theirs))
+        differing = sorted(differing_keys(mine, theirs))
         raise ConfigError(
             f"cannot resume '{checkpoint.path}' with a different recipe: {', '.join(differing)} differ from the "
             "saved recipe; only train.* and solver.epochs may change when resuming"
@@ -157,14 +183,34 @@ def _without(content: dict[str, Any], dropped: dict[str, Any]) -> dict[str, Any]
     return kept
 
 
-def _differing_keys(left: Any, right: Any, prefix: str = "") -> list[str]:
-    if isinstance(left, dict) and isinstance(right, dict):
-        keys = set(left) | set(right)
-        return [path for key in keys for path in _differing_keys(left.get(key), right.get(key), f"{prefix}{key}.")]
-    return [prefix.rstrip(".")] if left != right else []
+@dataclass
+class _TrainData:
+    """The decoded train split on the training device, its identity classes, and the query/gallery to evaluate."""
+
+    classes: IdentityClasses
+    images: torch.Tensor
+    targets: torch.Tensor
+    eval_data: tuple[DecodedImages, DecodedImages] | None
+
+
+@dataclass
+class _Window:
+    """Losses summed on the device over a logging window, read back once at its end."""
+
+    started: float
+    iterations: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.iterations += 1
 
 
 class _TrainingLoop:
+    """One training run in phases: the run directory, the data, the networks (fake-quantized ones in QAT), the
+    optimisation, a restored state when resuming; then per epoch the steps, the evaluation and the checkpoint."""
+
     def __init__(
         self,
         recipe: Recipe,
@@ -180,13 +226,68 @@ class _TrainingLoop:
         self.resumed = resumed
         self.use_amp = device.type == "cuda" and recipe.solver.amp != "none"
         self.amp_dtype = torch.float16 if recipe.solver.amp == "fp16" else torch.bfloat16
-
-    # --- set-up -----------------------------------------------------------------------------------------------
+        self.quantization: QuantizationState | None = None
 
     def run(self, show_progress: bool, console: Console) -> TrainResult:
         recipe, context = self.recipe, self.context
         started = time.perf_counter()
         torch.manual_seed(recipe.seed + context.rank)
+        self.run_dir = self._open_run_dir(console)
+        data = self._load_data()
+        self.classes = data.classes
+        self._build_networks(data, console)
+        self._build_optimization(data)
+        start_epoch, iteration, best = self._restore()
+        trained = self._trained_modules()
+
+        self.batches = _endless(self.sampler)
+        last_metrics: dict[str, Any] | None = None
+        writer = _TensorBoard(self.run_dir, recipe.train.tensorboard and context.is_main)
+        total_iters = recipe.solver.epochs * self.iters_per_epoch
+        progress = _progress(console, show_progress and context.is_main)
+        with progress, writer, _open_metrics(self.run_dir, context.is_main, iteration) as metrics_file:
+            task = progress.add_task("train", total=total_iters, completed=iteration, info="")
+            for epoch in range(start_epoch, recipe.solver.epochs):
+                plan = self._epoch_plan()
+                window = _Window(time.perf_counter())
+                for module in trained.values():
+                    module.train()
+                    if recipe.qat is not None:
+                        freeze_norms(module)
+                for step in range(self.iters_per_epoch):
+                    window.add(self._step(trained, data, plan[step], iteration))
+                    iteration += 1
+                    progress.advance(task)
+                    if iteration % recipe.train.log_period == 0 or step == self.iters_per_epoch - 1:
+                        info = self._log_window(window, epoch, iteration, len(plan[step]), metrics_file, writer)
+                        progress.update(task, info=info)
+                        window = _Window(time.perf_counter())
+                evaluated = None
+                is_last = epoch + 1 == recipe.solver.epochs
+                if data.eval_data is not None and ((epoch + 1) % recipe.train.eval_period == 0 or is_last):
+                    evaluated = {"epoch": epoch + 1, "iteration": iteration, **self._evaluate(data.eval_data)}
+                    _log(metrics_file, writer, "eval", evaluated)
+                    self._print_scores(console, epoch, evaluated)
+                    last_metrics = evaluated
+                    if best is None or evaluated["mAP"] > best["mAP"]:
+                        best = evaluated
+                self._save(epoch + 1, iteration, best, evaluated, improved=evaluated is not None and best is evaluated)
+        best_path = self.run_dir / "best.pt"
+        return TrainResult(
+            run_dir=self.run_dir,
+            epochs=recipe.solver.epochs,
+            iterations=iteration,
+            last_checkpoint=self.run_dir / "last.pt",
+            best_checkpoint=best_path if best_path.exists() else None,
+            best_metrics=best,
+            last_metrics=last_metrics,
+            elapsed_s=time.perf_counter() - started,
+        )
+
+    # --- set-up -----------------------------------------------------------------------------------------------
+
+    def _open_run_dir(self, console: Console) -> Path:
+        recipe, context = self.recipe, self.context
         if self.resumed is not None:
             run_dir = self.resumed.path.parent
         elif self.fixed_run_dir is not None:
@@ -196,7 +297,10 @@ class _TrainingLoop:
         if context.is_main:
             atomic_write_text(run_dir / RECIPE_FILE, recipe_to_yaml(recipe))
             console.print(f"[bold]run[/] {run_dir}  [dim]device {self.device}, {context.world_size} process(es)[/]")
+        return run_dir
 
+    def _load_data(self) -> _TrainData:
+        recipe, context = self.recipe, self.context
         if context.is_main:
             dataset = prepare_dataset(recipe.data)
         context.barrier()
@@ -206,174 +310,197 @@ class _TrainingLoop:
         classes = IdentityClasses.from_records(decoded.records)
         if self.resumed is not None and self.resumed.class_pids != classes.pids:
             raise ConfigError(
-                f"the training identities of '{recipe.data.root}' are not the ones run '{run_dir}' was trained on; "
-                "resume on the same data"
+                f"the training identities of '{recipe.data.root}' are not the ones run '{self.run_dir}' was trained "
+                "on; resume on the same data"
             )
         check_batch_fits(recipe.data, len(classes.pids), context.world_size)
-        images = images_to_tensor(decoded.images, self.device)
-        targets = torch.from_numpy(classes.targets(decoded.records)).to(self.device)
-        eval_data = self._eval_data(dataset) if context.is_main else None
+        return _TrainData(
+            classes=classes,
+            images=images_to_tensor(decoded.images, self.device),
+            targets=torch.from_numpy(classes.targets(decoded.records)).to(self.device),
+            eval_data=self._eval_data(dataset) if context.is_main else None,
+        )
 
-        # The student first: a single-network run builds its model from the same random state as ever.
-        networks = {
-            name: create_model(config, num_classes=len(classes.pids)).to(self.device)
-            for name, config in recipe.networks().items()
-        }
+    def _build_networks(self, data: _TrainData, console: Console) -> None:
+        """Every trained network, the student first; a distillation teacher (in QAT the FP32 network) frozen."""
+        recipe = self.recipe
+        num_classes = len(data.classes.pids)
+        self.teacher: ReIDModel | None = None
+        if recipe.qat is not None:
+            networks = {recipe.student: self._quantized_network(data, console)}
+        else:
+            # The student first: a single-network run builds its model from the same random state as ever.
+            networks = {
+                name: create_model(config, num_classes=num_classes).to(self.device)
+                for name, config in recipe.networks().items()
+            }
+            if recipe.distill is not None:
+                self.teacher = load_teacher(recipe, data.classes.pids, self.device)
         if self.device.type == "cuda":
             networks = {name: network.to(memory_format=torch.channels_last) for name, network in networks.items()}
-        model = networks[recipe.student]
-        teacher = load_teacher(recipe, classes.pids, self.device) if recipe.distill is not None else None
-        objective = TrainingObjective(recipe, model.feature_dim, teacher)
-        projection = objective.projection.to(self.device) if objective.projection is not None else None
-        trainable: list[nn.Module] = [*networks.values(), *([projection] if projection is not None else [])]
-        frozen = (
-            [module for network in networks.values() for module in _frozen_modules(network, recipe.solver.freeze.modules)]
+        self.networks = networks
+
+    def _quantized_network(self, data: _TrainData, console: Console) -> ReIDModel:
+        """QAT's network: restored from the checkpoint being resumed, else the FP32 network of ``qat.init``
+        fake-quantized and calibrated on train images."""
+        recipe = self.recipe
+        assert recipe.qat is not None
+        if self.resumed is not None and self.resumed.quantization is not None:
+            state = self.resumed.quantization
+            self.teacher = build_fp32_model(recipe.model, len(data.classes.pids), state).to(self.device)
+            self.teacher.requires_grad_(False)
+            self.quantization = state
+            network = restore_quantized_model(recipe.model, len(data.classes.pids), state, self.resumed.model_state)
+            return network.to(self.device)
+        self.teacher = load_teacher(recipe, data.classes.pids, self.device)
+        init = load_checkpoint(recipe.qat.init)
+        network_name, _, weights = init.network(recipe.qat.network)
+        count = min(recipe.qat.calibration_images, len(data.images))
+        self.quantization = QuantizationState(
+            scheme=SCHEME,
+            modelopt_state={},  # the quantized network's, taken at each save
+            fp32_state={key: value.detach().cpu() for key, value in weights.items()},
+            init=describe_init(init.path, init.epoch, init.metrics, network_name),
+            calibration={"source": "train", "images": count, "method": "max", "seed": recipe.seed},
+        )
+        chosen = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(recipe.seed))[:count]
+        transform = EvalTransform(recipe.data.size, recipe.data.mean, recipe.data.std).to(self.device)
+        batches = [transform(data.images[chosen[start : start + 64].to(self.device)]) for start in range(0, count, 64)]
+        fp32 = build_fp32_model(recipe.model, len(data.classes.pids), self.quantization).to(self.device)
+        network = quantize_model(fp32, batches).to(self.device)
+        console.print(
+            f"[bold]qat[/] {len(quantized_layers(network))} layers fake-quantized ({SCHEME}), ranges calibrated on "
+            f"{count} train images; from '{init.path}' ({network_name})"
+        )
+        return network
+
+    def _build_optimization(self, data: _TrainData) -> None:
+        recipe, context = self.recipe, self.context
+        model = self.networks[recipe.student]
+        self.objective = TrainingObjective(recipe, model.feature_dim, self.teacher)
+        self.projection = self.objective.projection.to(self.device) if self.objective.projection is not None else None
+        self.trainable: list[nn.Module] = [*self.networks.values(), *([self.projection] if self.projection else [])]
+        self.frozen = (
+            [module for network in self.networks.values() for module in _frozen_modules(network, recipe.solver.freeze.modules)]
             if recipe.solver.freeze.iters
             else []
         )
-        optimizer = build_optimizer(trainable, recipe.solver)
-        sampler = PKSampler(
-            targets.tolist(),
+        self.optimizer = build_optimizer(self.trainable, recipe.solver)
+        self.sampler = PKSampler(
+            data.targets.tolist(),
             recipe.data.sampler.p,
             recipe.data.sampler.k,
             seed=recipe.seed,
             rank=context.rank,
             world_size=context.world_size,
         )
-        iters_per_epoch = recipe.solver.iters_per_epoch or len(sampler)
-        scheduler = build_scheduler(optimizer, recipe.solver, iters_per_epoch)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-        augment = BatchAugment(recipe.augment, recipe.data.size, recipe.data.mean, recipe.data.std).to(self.device)
-        generator = torch.Generator(self.device).manual_seed(recipe.seed * 1_000_003 + context.rank)
+        self.iters_per_epoch = recipe.solver.iters_per_epoch or len(self.sampler)
+        self.scheduler = build_scheduler(self.optimizer, recipe.solver, self.iters_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.augment = BatchAugment(recipe.augment, recipe.data.size, recipe.data.mean, recipe.data.std).to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(recipe.seed * 1_000_003 + self.context.rank)
 
-        start_epoch, iteration, best = 0, 0, None
-        if self.resumed is not None:
-            for name, network in networks.items():
+    def _restore(self) -> tuple[int, int, dict[str, Any] | None]:
+        """The resumed run's weights and training state; the epoch and iteration to go on from, and its best."""
+        if self.resumed is None:
+            return 0, 0, None
+        if self.recipe.qat is None:
+            for name, network in self.networks.items():
                 load_model_state(network, self.resumed, name)
-            state = self.resumed.training_state
-            if projection is not None:
-                projection.load_state_dict(state["projection"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            sampler.load_state_dict(state["samplers"][context.rank])
-            rng = state["rng"][context.rank]
-            torch.set_rng_state(rng["torch"])
-            generator.set_state(rng["augment"])
-            if self.device.type == "cuda" and rng.get("cuda") is not None:
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
-            start_epoch, iteration = self.resumed.epoch, self.resumed.iteration
-            best = state.get("best")
-        trained: dict[str, nn.Module] = dict(networks)
-        if context.enabled:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            trained = {name: DistributedDataParallel(network, device_ids=device_ids) for name, network in networks.items()}
+        state = self.resumed.training_state
+        if self.projection is not None:
+            self.projection.load_state_dict(state["projection"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["samplers"][self.context.rank])
+        rng = state["rng"][self.context.rank]
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["augment"])
+        if self.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        return self.resumed.epoch, self.resumed.iteration, state.get("best")
 
-        self.run_dir, self.networks, self.projection, self.classes = run_dir, networks, projection, classes
-        self.optimizer, self.scheduler, self.scaler, self.sampler, self.generator = (
-            optimizer, scheduler, scaler, sampler, generator
-        )
-        batches = _endless(sampler)
-        last_metrics: dict[str, Any] | None = None
-        writer = _TensorBoard(run_dir, recipe.train.tensorboard and context.is_main)
-        total_iters = recipe.solver.epochs * iters_per_epoch
-        progress = _progress(console, show_progress and context.is_main)
-        with progress, writer, _open_metrics(run_dir, context.is_main, iteration) as metrics_file:
-            task = progress.add_task("train", total=total_iters, completed=iteration, info="")
-            for epoch in range(start_epoch, recipe.solver.epochs):
-                # One host-to-device copy of the epoch's batch plan; the sampler's state is then the epoch's end.
-                plan = torch.tensor([next(batches) for _ in range(iters_per_epoch)], dtype=torch.long)
-                plan = plan.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else plan
-                sums: dict[str, torch.Tensor] = {}
-                window_start, window_iters = time.perf_counter(), 0
-                for module in trained.values():
-                    module.train()
-                for step in range(iters_per_epoch):
-                    in_freeze = iteration < recipe.solver.freeze.iters
-                    for module in frozen:
-                        module.train(not in_freeze)
-                    batch = plan[step]
-                    inputs = augment(images[batch], generator)
-                    if self.device.type == "cuda":
-                        inputs = inputs.contiguous(memory_format=torch.channels_last)
-                    batch_targets = targets[batch]
-                    with self._autocast():
-                        outputs = {name: network(inputs, batch_targets) for name, network in trained.items()}
-                        taught = teacher_outputs(teacher, inputs) if teacher is not None else None
-                    totals, parts = objective(
-                        {name: _float_outputs(out) for name, out in outputs.items()}, batch_targets, taught
-                    )
-                    total = torch.stack(list(totals.values())).sum()
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(total).backward()
-                    if in_freeze:
-                        for module in frozen:
-                            for parameter in module.parameters():
-                                parameter.grad = None
-                    if recipe.solver.clip_grad_norm is not None:
-                        scaler.unscale_(optimizer)
-                        for module in trainable:
-                            torch.nn.utils.clip_grad_norm_(module.parameters(), recipe.solver.clip_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    for name, value in {"loss": total.detach(), **parts}.items():
-                        sums[name] = sums[name] + value if name in sums else value
-                    iteration += 1
-                    window_iters += 1
-                    progress.advance(task)
-                    if iteration % recipe.train.log_period == 0 or step == iters_per_epoch - 1:
-                        # The one host synchronisation of a logging window.
-                        means = torch.stack(list(sums.values())).div(window_iters).tolist()
-                        losses = dict(zip(sums, means, strict=True))
-                        elapsed = time.perf_counter() - window_start
-                        logged = {
-                            "iteration": iteration,
-                            "epoch": epoch + 1,
-                            "lr": optimizer.param_groups[0]["lr"],
-                            **{name if name == "loss" else f"loss_{name}": value for name, value in losses.items()},
-                            "images_per_s": window_iters * len(batch) * context.world_size / max(elapsed, 1e-9),
-                        }
-                        if not math.isfinite(losses["loss"]):
-                            raise EdgeReIDError(
-                                f"the loss became {losses['loss']} by iteration {iteration} (epoch {epoch + 1}); "
-                                "lower solver.lr, add solver.warmup or solver.clip_grad_norm, or set solver.amp: none"
-                            )
-                        _log(metrics_file, writer, "train", logged)
-                        progress.update(
-                            task, info=f"epoch {epoch + 1} loss {losses['loss']:.3f} {logged['images_per_s']:.0f} img/s"
-                        )
-                        sums = {}
-                        window_start, window_iters = time.perf_counter(), 0
+    def _trained_modules(self) -> dict[str, nn.Module]:
+        if not self.context.enabled:
+            return dict(self.networks)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return {name: DistributedDataParallel(network, device_ids=device_ids) for name, network in self.networks.items()}
 
-                evaluated = None
-                is_last = epoch + 1 == recipe.solver.epochs
-                if eval_data is not None and ((epoch + 1) % recipe.train.eval_period == 0 or is_last):
-                    evaluated = {"epoch": epoch + 1, "iteration": iteration, **self._evaluate(eval_data)}
-                    _log(metrics_file, writer, "eval", evaluated)
-                    for name in networks:
-                        suffix = "" if name == recipe.student else f"/{name}"
-                        label = f" {name}" if len(networks) > 1 else ""
-                        console.print(
-                            f"epoch {epoch + 1}{label}: mAP {evaluated['mAP' + suffix]:.2%}  "
-                            f"rank-1 {evaluated['rank1' + suffix]:.2%}  mINP {evaluated['mINP' + suffix]:.2%}"
-                        )
-                    last_metrics = evaluated
-                    if best is None or evaluated["mAP"] > best["mAP"]:
-                        best = evaluated
-                self._save(epoch + 1, iteration, best, evaluated, improved=evaluated is not None and best is evaluated)
-        elapsed = time.perf_counter() - started
-        best_path = run_dir / "best.pt"
-        return TrainResult(
-            run_dir=run_dir,
-            epochs=recipe.solver.epochs,
-            iterations=iteration,
-            last_checkpoint=run_dir / "last.pt",
-            best_checkpoint=best_path if best_path.exists() else None,
-            best_metrics=best,
-            last_metrics=last_metrics,
-            elapsed_s=elapsed,
+    # --- one epoch ----------------------------------------------------------------------------------------------
+
+    def _epoch_plan(self) -> torch.Tensor:
+        """The epoch's batches as indices, copied to the device once; the sampler's state is then the epoch's end."""
+        plan = torch.tensor([next(self.batches) for _ in range(self.iters_per_epoch)], dtype=torch.long)
+        return plan.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else plan
+
+    def _step(
+        self, trained: dict[str, nn.Module], data: _TrainData, batch: torch.Tensor, iteration: int
+    ) -> dict[str, torch.Tensor]:
+        """One optimizer step on ``batch``; the detached losses to log."""
+        recipe = self.recipe
+        in_freeze = iteration < recipe.solver.freeze.iters
+        for module in self.frozen:
+            module.train(not in_freeze)
+        inputs = self.augment(data.images[batch], self.generator)
+        if self.device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        batch_targets = data.targets[batch]
+        with self._autocast():
+            outputs = {name: network(inputs, batch_targets) for name, network in trained.items()}
+            taught = teacher_outputs(self.teacher, inputs) if self.teacher is not None else None
+        totals, parts = self.objective(
+            {name: _float_outputs(out) for name, out in outputs.items()}, batch_targets, taught
         )
+        total = torch.stack(list(totals.values())).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if in_freeze:
+            for module in self.frozen:
+                for parameter in module.parameters():
+                    parameter.grad = None
+        if recipe.solver.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            for module in self.trainable:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), recipe.solver.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if recipe.qat is not None:
+            sync_weight_ranges(self.networks[recipe.student])
+        return {"loss": total.detach(), **parts}
+
+    def _log_window(
+        self, window: _Window, epoch: int, iteration: int, batch_size: int, metrics_file: TextIO | None,
+        writer: _TensorBoard,
+    ) -> str:
+        """The window's mean losses logged (the one host synchronisation of a window); the progress bar's text."""
+        means = torch.stack(list(window.sums.values())).div(window.iterations).tolist()
+        losses = dict(zip(window.sums, means, strict=True))
+        elapsed = time.perf_counter() - window.started
+        logged = {
+            "iteration": iteration,
+            "epoch": epoch + 1,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{name if name == "loss" else f"loss_{name}": value for name, value in losses.items()},
+            "images_per_s": window.iterations * batch_size * self.context.world_size / max(elapsed, 1e-9),
+        }
+        if not math.isfinite(losses["loss"]):
+            raise EdgeReIDError(
+                f"the loss became {losses['loss']} by iteration {iteration} (epoch {epoch + 1}); "
+                "lower solver.lr, add solver.warmup or solver.clip_grad_norm, or set solver.amp: none"
+            )
+        _log(metrics_file, writer, "train", logged)
+        return f"epoch {epoch + 1} loss {losses['loss']:.3f} {logged['images_per_s']:.0f} img/s"
+
+    def _print_scores(self, console: Console, epoch: int, evaluated: dict[str, Any]) -> None:
+        for name in self.networks:
+            suffix = "" if name == self.recipe.student else f"/{name}"
+            label = f" {name}" if len(self.networks) > 1 else ""
+            console.print(
+                f"epoch {epoch + 1}{label}: mAP {evaluated['mAP' + suffix]:.2%}  "
+                f"rank-1 {evaluated['rank1' + suffix]:.2%}  mINP {evaluated['mINP' + suffix]:.2%}"
+            )
 
     def _autocast(self) -> AbstractContextManager[Any]:
         if not self.use_amp:
@@ -381,6 +508,11 @@ class _TrainingLoop:
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
     # --- evaluation and checkpoints ------------------------------------------------------------------------------
+
+    def _quantization_state(self) -> QuantizationState | None:
+        if self.quantization is None:
+            return None
+        return dataclasses.replace(self.quantization, modelopt_state=modelopt_state(self.networks[self.recipe.student]))
 
     def _eval_data(self, dataset: ReIDDataset) -> tuple[DecodedImages, DecodedImages] | None:
         if not dataset.query or not dataset.gallery:
@@ -440,6 +572,7 @@ class _TrainingLoop:
                     "best": best,
                     "projection": self.projection.state_dict() if self.projection is not None else None,
                 },
+                quantization=self._quantization_state(),
             )
             period = self.recipe.train.checkpoint_period
             if period is not None and epoch % period == 0:
