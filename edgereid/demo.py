@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgereid.atomic import atomic_write_text
+from edgereid.bundle_format import DEFAULT_MAX_MAP_DROP
 
 DEFAULT_RECIPE = "quickstart_mutual"
 
@@ -28,6 +29,8 @@ class DemoSettings:
     overrides: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8", "int8_cpu")
     calibration_images: int = 512
+    # Every INT8 model held to the default budget by the accuracy-aware search, as `edgereid export --int8` does.
+    max_map_drop: float | None = DEFAULT_MAX_MAP_DROP
     verify_images: int | None = None
     bench_batches: tuple[int, ...] = (1, 32)
     bench_warmup: int = 3
@@ -155,6 +158,7 @@ def _export(
             network=name,
             overwrite=True,
             calibration_images=settings.calibration_images,
+            max_map_drop=settings.max_map_drop,
         )
         print_bundle(bundle)
         bundles[name] = bundle.path

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from edgereid.bundle_format import MANIFEST_NAME
 from edgereid.data.synthetic import generate_synthetic
 from edgereid.export import ExportBundle, export_checkpoint
 from edgereid.modeling import create_model
@@ -60,3 +66,26 @@ def make_checkpoint(base: Path, ibn: str | None = "a", backbone: str = "resnet18
 def make_bundle(base: Path, precisions: tuple[str, ...] = ("fp32",), verify: bool = False) -> ExportBundle:
     """``base/bundle``, exported from :func:`make_checkpoint`."""
     return export_checkpoint(make_checkpoint(base), base / "bundle", precisions=precisions, verify=verify)
+
+
+def make_small_bundle(base: Path) -> ExportBundle:
+    """``base/bundle``: an FP32 bundle of an untrained ``plaincnn16`` (128-d embeddings, a 1 MB model), for tests
+    that need a real bundle but not a ResNet's."""
+    checkpoint = make_checkpoint(base, ibn=None, backbone="plaincnn16")
+    return export_checkpoint(checkpoint, base / "bundle", precisions=("fp32",))
+
+
+def damaged_copy(bundle: Path, destination: Path, change: Callable[[dict[str, Any]], object]) -> Path:
+    """A copy of ``bundle`` at ``destination`` (its files hard-linked where the file system allows) whose manifest
+    ``change`` has altered in place."""
+    destination.mkdir(parents=True)
+    for file in bundle.iterdir():
+        if file.name != MANIFEST_NAME:
+            try:
+                os.link(file, destination / file.name)
+            except OSError:
+                shutil.copy2(file, destination / file.name)
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    change(manifest)
+    (destination / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    return destination

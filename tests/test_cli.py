@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -82,6 +85,8 @@ def test_formats_lists_every_reader() -> None:
 
 
 def test_demo_quick_runs_the_whole_path_and_reports(tmp_path: Path) -> None:
+    from edgereid.export.sensitivity import HELDOUT_MARGIN_POINTS
+
     out = tmp_path / "demo"
     result = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -93,6 +98,10 @@ def test_demo_quick_runs_the_whole_path_and_reports(tmp_path: Path) -> None:
         manifest = json.loads((out / f"bundle-{network}" / "manifest.json").read_text())
         assert manifest["network"] == network and manifest["backbone"] == backbone
         assert set(manifest["models"]) == {"fp32", "int8_cpu"}
+        # The demo's INT8 is protected like `edgereid export --int8`: the default budget, searched with the margin.
+        accuracy = manifest["models"]["int8_cpu"]["accuracy"]
+        assert accuracy["max_mAP_drop_points"] == 0.5 and accuracy["heldout_margin_points"] == HELDOUT_MARGIN_POINTS
+        assert accuracy["drop_points_after"] <= accuracy["heldout_threshold_points"]
         verified = json.loads((out / "results" / f"verify-{network}.json").read_text())
         assert verified["results"]["fp32"]["delta_mAP_points"] == 0.0
         assert verified["results"]["int8_cpu"]["delta_mAP_points"] is not None
@@ -117,3 +126,51 @@ def test_training_commands_name_the_missing_extra(monkeypatch: pytest.MonkeyPatc
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 1
         assert "pip install 'edgereid[train]'" in result.output
+
+
+# Damaged bundle manifests (issue 22, item 7): every command that reads a bundle refuses it in one line naming the
+# manifest and the key, exits non-zero, and shows no traceback.
+MANIFEST_DAMAGES: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
+    "key removed": (lambda m: m["output"].pop("feature_dim"), "output.feature_dim: missing"),
+    "wrong input size": (lambda m: m["input"].update(height=0), "input.height: expected a whole number >= 1, got 0"),
+    "string for a number": (lambda m: m["input"].update(width="32"),
+                            'input.width: expected a whole number >= 1, got "32"'),
+    "wrong feature size": (lambda m: m["output"].update(feature_dim=512),
+                           "does not fit model.fp32.onnx: output.feature_dim: expected 128 (the embedding size the model outputs), got 512"),
+}
+
+
+@pytest.fixture(scope="module")
+def damaged_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.factories import damaged_copy, make_small_bundle
+
+    base = tmp_path_factory.mktemp("damaged")
+    bundle = make_small_bundle(base).path
+    write_image(base / "query" / "0001_c1s1_000100_01.jpg")
+    return {name: damaged_copy(bundle, base / name.replace(" ", "-"), change)
+            for name, (change, _) in MANIFEST_DAMAGES.items()}
+
+
+@pytest.mark.parametrize("damage", list(MANIFEST_DAMAGES))
+@pytest.mark.parametrize("command", ["search", "gallery build", "verify", "bench"])
+def test_a_damaged_bundle_manifest_is_one_line_naming_file_and_key(
+    damaged_bundles: dict[str, Path], tmp_path: Path, command: str, damage: str
+) -> None:
+    if damage == "wrong feature size" and importlib.util.find_spec("onnx") is None:
+        pytest.skip("the feature size is checked against the model's graph with onnx, which is not installed")
+    bundle = damaged_bundles[damage]
+    query = bundle.parent / "query" / "0001_c1s1_000100_01.jpg"
+    arguments = {
+        "search": ["search", str(bundle), str(tmp_path / "gallery"), str(query)],
+        "gallery build": ["gallery", "build", str(bundle), str(query), "--out", str(tmp_path / "gallery")],
+        "verify": ["verify", str(bundle), "--max-images", "2"],
+        "bench": ["bench", str(bundle), "--batch", "1", "--warmup", "0", "--iters", "1"],
+    }[command]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: '{bundle / 'manifest.json'}' "), lines[0]
+    assert MANIFEST_DAMAGES[damage][1] in lines[0], lines[0]
+    assert not (tmp_path / "gallery").exists()

@@ -4,6 +4,8 @@ calibration cache, and accuracy-aware quantization with per-layer sensitivity.""
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from edgereid.cli import _ReportingGroup
-from edgereid.cli.export import export_command, print_bundle
+from edgereid.cli.export import export_command, int8_over_budget_hint, print_bundle
 from edgereid.data.holdout import split_first_per_key
 from edgereid.data.images import decode_records, normalize_images
 from edgereid.data.records import ImageRecord
@@ -34,6 +36,7 @@ from edgereid.export.calibration import (
     shipped_policies,
 )
 from edgereid.export.precision import OrtQuantizer, check_calibration_method, prepare_calibration
+from edgereid.export.sensitivity import HELDOUT_MARGIN_POINTS
 from edgereid.recipes.schema import DataConfig
 from edgereid.training.checkpoint import load_checkpoint
 from tests.factories import SIZE, make_checkpoint
@@ -243,7 +246,14 @@ def test_int8_cpu_model_is_per_channel_qdq_and_close_to_fp32(checkpoint: Path, c
     cosine = (_embed(path, images) * _embed(bundle.model_path("fp32"), images)).sum(axis=1)
     assert cosine.min() > 0.99
     entry = bundle.manifest["models"]["int8_cpu"]
-    assert entry["target"] == "cpu" and entry["accuracy"] is None and entry["tolerance_mAP_points"] == 0.5
+    assert entry["target"] == "cpu" and entry["tolerance_mAP_points"] == 0.5
+    # Accuracy protection is on by default: the default budget through the search, with the held-out margin.
+    accuracy = entry["accuracy"]
+    assert accuracy["max_mAP_drop_points"] == 0.5 and accuracy["heldout_margin_points"] == HELDOUT_MARGIN_POINTS
+    assert accuracy["heldout_threshold_points"] == pytest.approx(0.5 - HELDOUT_MARGIN_POINTS)
+    assert accuracy["heldout"]["num_query"] > 0 and accuracy["drop_points_after"] <= 0.5 - HELDOUT_MARGIN_POINTS
+    # An untrained model is far from resolving nothing on held-out images; a saturated protocol would be flagged.
+    assert accuracy["heldout"]["fp32_mAP"] < 0.9 and accuracy["heldout_saturated"] is False
     # Equalized by default: the block convolutions joined by a ReLU alone (IBN's InstanceNorm halves break the rest).
     equalized = entry["equalization"]
     assert equalized["pairs"] and all(pair["through"] == ["Relu"] for pair in equalized["pairs"])
@@ -269,8 +279,11 @@ def test_second_export_reuses_the_calibration_cache(
     # The folding check decodes a few train images of its own; this test is about the calibration set.
     monkeypatch.setattr(bundle_module, "_fold_check_images",
                         lambda data: (torch.randn(2, 3, *data.size), "random"))
+    # The accuracy-aware search (on by default) decodes its own held-out images: off here, where the calibration
+    # set is what is checked (the search leaves the fully quantized model as it is when it is within budget).
     again = export_checkpoint(checkpoint, tmp_path / "again", precisions=("int8_cpu",),
-                              calibration_images=CALIBRATION_IMAGES, calibration_cache_dir=cache_dir)
+                              calibration_images=CALIBRATION_IMAGES, calibration_cache_dir=cache_dir,
+                              max_map_drop=None)
     first, second = (bundle.manifest["models"]["int8_cpu"] for bundle in (cpu_bundle, again))
     assert second["calibration"]["cache_hit"] is True and second["calibration"]["ranges_cache_hit"] is True
     assert second["calibration"]["data_sha256"] == first["calibration"]["data_sha256"]
@@ -316,11 +329,98 @@ def test_unmeetable_budget_fails_naming_the_best_drop(checkpoint: Path, cpu_bund
     # equalization this small model's INT8 loses some mAP (with it, none: nothing to fail on).
     monkeypatch.setattr(sensitivity_module, "layer_sensitivity", lambda *args, **kwargs: [])
     target = tmp_path / "model.int8_cpu.onnx"
-    with pytest.raises(ExportError, match=r"over the budget of 0.0.*at best [\d.]+ points \(with 0 of 0 layers"):
+    with pytest.raises(ExportError) as refused:
         sensitivity_module.quantize_within_budget(
             "int8_cpu", cpu_bundle.model_path("fp32"), target, calibration, train, data, method="entropy",
-            max_map_drop=0.0, flip=True, equalize=False)
+            max_map_drop=0.0, flip=True, equalize=False,
+            qat_hint=sensitivity_module.qat_suggestion(checkpoint, "tiny"))
+    message = " ".join(str(refused.value).split())
+    assert re.search(r"cannot meet the 0-point mAP budget.*loses ([\d.]+) .*at best \1 \(with 0 of 0 layers", message)
+    drop = float(re.search(r"loses ([\d.]+) mAP points", message).group(1))  # type: ignore[union-attr]
+    assert drop > 0.0  # this small model without equalization loses mAP: what the export refuses
+    # The ways forward, by name: quantization-aware training from this checkpoint first, then a larger budget.
+    assert f"quantization-aware training: a recipe with a `qat:` section whose `qat.init` is {checkpoint}" in message
+    assert "recipes/qat_quickstart.yaml" in message and "--max-map-drop 1.0" in message
+    assert "--max-map-drop none" in message
     assert list(tmp_path.iterdir()) == []  # the over-budget model is not left behind
+
+
+def test_the_margin_decides_on_numbers() -> None:
+    accepts, margin = sensitivity_module.accepts, HELDOUT_MARGIN_POINTS
+    assert 0 < margin < 0.5
+    # Within the budget but not within budget - margin on held-out images: rejected; with no margin it would pass.
+    drop = 0.5 - margin / 2
+    assert not accepts(drop, 0.5, margin) and accepts(drop, 0.5, 0.0)
+    assert accepts(0.5 - margin, 0.5, margin) and not accepts(0.5 - margin + 1e-9, 0.5, margin)
+    assert accepts(-0.3, 0.5, margin)  # INT8 better than FP32 on held-out
+    # The default margin never exceeds the budget: a budget of 0 accepts no held-out drop, not a negative one.
+    assert sensitivity_module.default_margin(0.5) == margin
+    assert sensitivity_module.default_margin(0.0) == 0.0 and accepts(0.0, 0.0, sensitivity_module.default_margin(0.0))
+    assert sensitivity_module.default_margin(margin / 2) == margin / 2
+    assert sensitivity_module.heldout_threshold(1.0, margin) == pytest.approx(1.0 - margin)
+
+
+def _float_layers(path: Path) -> int:
+    """Convolutions whose weights are not behind a DequantizeLinear: the layers kept in float."""
+    model = onnx.load(str(path))
+    dequantized = {node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    return sum(node.op_type == "Conv" and node.input[1] not in dequantized for node in model.graph.node)
+
+
+def test_the_search_rejects_a_held_out_drop_within_budget_but_not_within_the_margin(
+    checkpoint: Path, cpu_bundle: ExportBundle, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _recipe_data(checkpoint)
+    calibration, train = prepare_calibration(data, load_calibration_policy(), num_images=CALIBRATION_IMAGES,
+                                             cache_dir=cache_dir)
+    # Held-out drops scripted by the number of layers in float: 0.40 fully quantized (within the 0.5 budget, over
+    # 0.5 - margin), 0.35 with one layer in float (the same), 0.10 with two.
+    drops = {0: 0.40, 1: 0.35, 2: 0.10}
+    assert 0.5 - HELDOUT_MARGIN_POINTS < 0.35 and 0.10 < 0.5 - HELDOUT_MARGIN_POINTS
+
+    class ScriptedScorer:
+        reference_mAP = 0.9
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def drop_points(self, path: Path) -> tuple[float, float]:
+            return 0.9, drops.get(_float_layers(path), 0.0)
+
+        def info(self) -> dict[str, int]:
+            return {"num_query": 7}
+
+    monkeypatch.setattr(sensitivity_module, "HeldOutScorer", ScriptedScorer)
+
+    def export(margin: float | None, name: str) -> dict:
+        entry = sensitivity_module.quantize_within_budget(
+            "int8_cpu", cpu_bundle.model_path("fp32"), tmp_path / name, calibration, train, data, method="entropy",
+            max_map_drop=0.5, flip=True, equalize=False, margin=margin)
+        assert _float_layers(tmp_path / name) == len(entry["accuracy"]["excluded_layers"])
+        return dict(entry["accuracy"])
+
+    guarded = export(None, "guarded.onnx")  # the default margin
+    assert guarded["heldout_margin_points"] == HELDOUT_MARGIN_POINTS
+    assert guarded["drop_points_before"] == 0.40 and guarded["drop_points_after"] == 0.10
+    assert len(guarded["excluded_layers"]) == 2
+    assert [(step["layers_in_float"], step["drop_points"]) for step in guarded["steps"]] == [(1, 0.35), (2, 0.10)]
+    unguarded = export(0.0, "unguarded.onnx")  # without a margin the fully quantized 0.40 is within budget
+    assert unguarded["heldout_threshold_points"] == 0.5 and unguarded["excluded_layers"] == []
+    assert unguarded["drop_points_after"] == 0.40
+
+
+def test_qat_is_suggested_by_name() -> None:
+    own = sensitivity_module.qat_suggestion(Path("runs/quickstart/best.pt"), "quickstart")
+    assert own.startswith("`edgereid train qat_quickstart --set qat.init=runs/quickstart/best.pt`")
+    mutual = sensitivity_module.qat_suggestion(Path("runs/m/last.pt"), "quickstart_mutual", network="cnn32")
+    assert "whose `qat.init` is runs/m/last.pt and `qat.network` cnn32" in mutual
+    assert "recipes/qat_quickstart.yaml" in mutual
+    message = sensitivity_module.budget_failure_message(
+        "int8_cpu", drop_before=14.66, best_drop=0.61, best_layers=52, total_layers=52, max_map_drop=0.5,
+        margin=HELDOUT_MARGIN_POINTS, qat_hint=own)
+    assert "loses 14.66 mAP points" in message and "at best 0.61 (with 52 of 52 layers in float)" in message
+    assert f"over the {0.5 - HELDOUT_MARGIN_POINTS:.2f} the search accepts there" in message
+    assert "(1) quantization-aware training: `edgereid train qat_quickstart" in message
 
 
 # --- bad input ----------------------------------------------------------------------------------------------
@@ -381,6 +481,50 @@ def test_cli_over_budget_keeps_the_most_sensitive_layers_in_float(
     print_bundle(bundle)  # what a person sees: the drop and the layers kept in float, named
     shown = " ".join(capsys.readouterr().out.split())  # rich wraps lines at the console width
     assert "most sensitive layers in float" in shown and excluded[0]["node"] in shown
+
+
+def test_an_int8_model_failing_verification_is_pointed_to_qat_by_name() -> None:
+    manifest = {"network": "model", "recipe": "quickstart", "source": {"checkpoint": "/r/quickstart/best.pt"},
+                "models": {"int8": {"accuracy": {"max_mAP_drop_points": 0.5}}, "int8_cpu": {"accuracy": None}}}
+    hint = int8_over_budget_hint(manifest, ["int8_cpu"])
+    assert hint.startswith("int8_cpu: post-training INT8 loses more than its budget on the test split")
+    assert "quantization-aware: `edgereid train qat_quickstart --set qat.init=/r/quickstart/best.pt`" in hint
+    assert "layers kept in float (--max-map-drop, on by default)" in hint  # exported with the search off
+    searched = int8_over_budget_hint({**manifest, "network": "cnn16", "recipe": "quickstart_mutual"}, ["int8"])
+    assert "`qat.init` is /r/quickstart/best.pt and `qat.network` cnn16" in searched
+    assert "on by default" not in searched and "larger --max-map-drop" in searched
+
+
+def test_cli_int8_is_protected_by_default_and_opts_out_with_none(
+    checkpoint: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    group = _ReportingGroup("edgereid")
+    group.add_command(export_command)
+    runner = CliRunner()
+    common = ["--int8", "--target", "cpu", "--calibration-images", "16", "--calibration-cache", str(cache_dir),
+              "--no-verify"]
+    protected = runner.invoke(group, ["export", str(checkpoint), "--out", str(tmp_path / "default"), *common])
+    assert protected.exit_code == 0, protected.output
+    entry = load_bundle(tmp_path / "default").manifest["models"]["int8_cpu"]
+    accuracy = entry["accuracy"]
+    assert entry["tolerance_mAP_points"] == accuracy["max_mAP_drop_points"] == 0.5
+    assert accuracy["heldout_margin_points"] == HELDOUT_MARGIN_POINTS and accuracy["heldout"]["num_query"] > 0
+    assert accuracy["drop_points_after"] <= 0.5 - HELDOUT_MARGIN_POINTS
+    shown = " ".join(protected.output.split())
+    assert (f"(budget 0.50, accepted on held-out at ≤ {0.5 - HELDOUT_MARGIN_POINTS:.2f} after a "
+            f"{HELDOUT_MARGIN_POINTS:.2f} margin)") in shown
+    plain = runner.invoke(group, ["export", str(checkpoint), "--out", str(tmp_path / "plain"), *common,
+                                  "--max-map-drop", "none", "--json"])
+    assert plain.exit_code == 0, plain.output
+    entry = json.loads(plain.stdout)["models"]["int8_cpu"]
+    assert entry["accuracy"] is None and entry["tolerance_mAP_points"] == 0.5  # verified against the default
+    print_plain = runner.invoke(group, ["export", str(checkpoint), "--out", str(tmp_path / "plain"), *common,
+                                        "--max-map-drop", "NONE", "--overwrite"])
+    assert "int8_cpu: no accuracy-aware search (--max-map-drop none)" in " ".join(print_plain.output.split())
+    for value, expected in (("lots", "neither a number of mAP points nor 'none'"), ("-1", "at least 0")):
+        refused = runner.invoke(group, ["export", str(checkpoint), "--out", str(tmp_path / "x"), *common,
+                                        "--max-map-drop", value])
+        assert refused.exit_code == 2 and expected in refused.output and not (tmp_path / "x").exists()
 
 
 @pytest.mark.skipif(not HAS_MODELOPT, reason="nvidia-modelopt not installed")

@@ -456,3 +456,30 @@ print("ok")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 
+
+def test_the_runtime_imports_nothing_from_export(bundle: ExportBundle) -> None:
+    """Every module of edgereid.runtime (and its runners) imported, a bundle loaded and embedded, a gallery built:
+    edgereid.export (and training) never imported — the runtime reads bundles through edgereid.bundle_format.
+    tests/test_bundle_format.py checks the same statically, imports inside functions included."""
+    script = f"""
+import importlib, pkgutil, sys
+import numpy as np
+import edgereid.runtime, edgereid.runtime.runners
+for package in (edgereid.runtime, edgereid.runtime.runners):
+    for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        importlib.import_module(module.name)
+from edgereid.runtime.embedder import Embedder
+from edgereid.runtime.gallery import Gallery
+with Embedder({str(bundle.path)!r}) as embedder:
+    vectors = embedder.embed_images([np.zeros((80, 40, 3), np.uint8)])
+    gallery = Gallery.create(embedder.feature_dim, embedder.model_id)
+    gallery.add(vectors)
+leaked = sorted(name for name in sys.modules if name.startswith(("edgereid.export", "edgereid.training")))
+print(leaked)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+

@@ -11,9 +11,9 @@ import click
 from rich.table import Table
 
 from edgereid.atomic import atomic_write_text
+from edgereid.bundle_format import PRECISIONS
 from edgereid.cli._output import console, parse_options, print_json
 from edgereid.errors import ConfigError
-from edgereid.export.bundle import PRECISIONS
 from edgereid.runtime.runners import BACKENDS
 
 

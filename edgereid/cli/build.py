@@ -8,12 +8,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from edgereid.bundle_format import load_bundle
 from edgereid.cli._output import console, print_json
 from edgereid.errors import ConfigError
-from edgereid.export.bundle import load_bundle
+from edgereid.export.dla import describe_placement
 from edgereid.export.engine import (
     DEFAULT_BATCH,
     DEFAULT_WORKSPACE_MB,
+    DLA_PRECISIONS,
     ENGINE_PRECISIONS,
     build_engine,
     parse_batch,
@@ -30,7 +32,8 @@ def _batch_option(ctx: click.Context, param: click.Parameter, value: str) -> tup
 @click.command("build")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--precision", "precisions", type=click.Choice(ENGINE_PRECISIONS), multiple=True,
-              help="A precision to build (repeatable; default: every one of fp32, fp16, int8 the bundle has).")
+              help="A precision to build (repeatable; default: every one of fp32, fp16, int8 the bundle has; with "
+                   "--dla-core, every one of fp16, int8).")
 @click.option("--batch", default=":".join(map(str, DEFAULT_BATCH)), show_default=True, callback=_batch_option,
               metavar="MIN:OPT:MAX", help="The batch range the engine accepts, tuned for OPT; N alone fixes it.")
 @click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=DEFAULT_WORKSPACE_MB,
@@ -38,7 +41,8 @@ def _batch_option(ctx: click.Context, param: click.Parameter, value: str) -> tup
 @click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
               help="Read tactic timings from this file when it exists and write them back: rebuilds take seconds.")
 @click.option("--dla-core", type=click.IntRange(min=0),
-              help="Build for this DLA core of a Jetson Orin (fp16/int8 models, fixed --batch; GPU fallback on).")
+              help="Build for this DLA core of a Jetson Orin (fp16/int8 models, fixed --batch; GPU fallback on; "
+                   "TensorRT 10.3-10.7, as on JetPack 6, or 11.4.1 on).")
 @click.option("--version-compatible", is_flag=True,
               help="An engine later TensorRT versions can load (possibly slower).")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
@@ -57,7 +61,15 @@ def build_command(
     """Build a TensorRT engine of each of BUNDLE's models on this machine's GPU and record it in the bundle. An
     engine runs only on the GPU architecture and TensorRT version that built it: build on the target (a Jetson)."""
     loaded = load_bundle(bundle)
-    wanted = list(precisions) or [precision for precision in ENGINE_PRECISIONS if precision in loaded.precisions]
+    # The DLA computes FP16 and INT8 only: by default a DLA build takes the bundle's fp16 and int8 models (an
+    # explicit --precision fp32 is refused by build_engine, saying so).
+    default = DLA_PRECISIONS if dla_core is not None else ENGINE_PRECISIONS
+    wanted = list(precisions) or [precision for precision in default if precision in loaded.precisions]
+    if not wanted:
+        raise ConfigError(
+            f"'{bundle}' has no fp16 or int8 model (it has {', '.join(loaded.precisions)}), and the DLA runs only those: "
+            f"re-export it with --fp16 and/or --int8, or build without --dla-core"
+        )
     for precision in wanted:
         build_engine(
             loaded,
@@ -79,7 +91,9 @@ def build_command(
         options = entry["options"]
         limits = options["batch"]
         gpu = f"{entry['gpu']} (sm_{entry['compute_capability'].replace('.', '')})"
-        if options["dla_core"] is not None:
+        if "dla" in entry:
+            gpu += f", {describe_placement(entry['dla'])}"
+        elif options["dla_core"] is not None:
             gpu += f", DLA {options['dla_core']}"
         table.add_row(
             precision,
@@ -91,3 +105,7 @@ def build_command(
             f"{options['build_s']:.1f}",
         )
     console.print(table)
+    for precision, entry in built.items():
+        fallback = entry.get("dla", {}).get("gpu_fallback", [])
+        if fallback and entry["dla"]["layers_on_dla"]:
+            console.print(f"{precision}: on the GPU instead of the DLA: {', '.join(fallback)}")

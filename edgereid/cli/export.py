@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 from rich.table import Table
 
 from edgereid.cli._output import console, format_delta, print_evaluation_warnings, print_json, require_extra
-from edgereid.export.bundle import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from edgereid.export.bundle import DEFAULT_MAX_MAP_DROP, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 if TYPE_CHECKING:
     from edgereid.export import ExportBundle
@@ -17,6 +18,25 @@ if TYPE_CHECKING:
 
 def _size(num_bytes: int) -> str:
     return f"{num_bytes / 2**20:.1f} MiB"
+
+
+class MapBudget(click.ParamType):
+    """``--max-map-drop``: mAP points (at least 0), or ``none`` for plain post-training INT8 without the search."""
+
+    name = "POINTS|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | None:
+        if value is None or isinstance(value, float):
+            return value
+        if str(value).strip().lower() == "none":
+            return None
+        try:
+            points = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of mAP points nor 'none'", param, ctx)
+        if not points >= 0:
+            self.fail(f"{value!r}: the budget must be at least 0 mAP points (or 'none')", param, ctx)
+        return points
 
 
 @click.command("export")
@@ -31,9 +51,11 @@ def _size(num_bytes: int) -> str:
               show_default=True, help="How activation ranges are chosen (percentile: cpu target only).")
 @click.option("--calibration-policy", default="train-spread-v1", show_default=True,
               help="A shipped policy name (calibration/*.yaml) or a policy YAML file.")
-@click.option("--max-map-drop", type=click.FloatRange(min=0.0),
-              help="Hold INT8 to this mAP-point budget against FP32 on held-out train images, keeping the most "
-                   "sensitive layers in float as needed (also the INT8 verification tolerance).")
+@click.option("--max-map-drop", type=MapBudget(), default=str(DEFAULT_MAX_MAP_DROP), show_default=True,
+              help="Hold post-training INT8 to this mAP-point budget against FP32 (also its verification "
+                   "tolerance): on held-out train images, with a safety margin, the most sensitive layers stay in "
+                   "float until it holds, or the export fails suggesting quantization-aware training. 'none': "
+                   "plain INT8, no search (verification still applies the default tolerance).")
 @click.option("--equalize/--no-equalize", default=None,
               help="Before INT8, rescale the channels between convolutions (same function) so that per-tensor "
                    "activation quantization keeps small channels. Default: for --target cpu, not for trt "
@@ -50,6 +72,10 @@ def _size(num_bytes: int) -> str:
               help="Where decoded calibration sets and tensor ranges are cached (default ~/.cache/edgereid/calibration).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
               help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (17 for TensorRT 8.6 / JetPack 6.0).")
+@click.option("--options", "options_file", type=click.Path(path_type=Path),
+              help="Export options from a YAML file (the keys of edgereid.export.ExportOptions) or from a bundle, "
+                   "whose manifest records the options it was exported with; options given here as flags override "
+                   "them (--fp16/--int8/--target together give the precisions).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export_command(
@@ -70,6 +96,7 @@ def export_command(
     calibration_seed: int | None,
     calibration_cache_dir: Path | None,
     opset: int,
+    options_file: Path | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -78,27 +105,24 @@ def export_command(
     require_extra("torch", "train", "export")
     require_extra("onnxruntime", "export", "export")
     from edgereid.export import export_checkpoint
+    from edgereid.export.options import export_options, load_export_options
     from edgereid.export.precision import TARGETS
 
     precisions = ["fp32"] + (["fp16"] if fp16 else []) + (list(TARGETS[target]) if int8 else [])
-    bundle = export_checkpoint(
-        checkpoint,
-        out_dir,
-        precisions=precisions,
-        network=network,
-        opset=opset,
-        overwrite=overwrite,
-        verify=verify,
-        data_root=data_root,
-        max_images=max_images,
-        calibration_images=calibration_images,
-        calibration_seed=calibration_seed,
-        calibration_method=calibration_method,
-        calibration_policy=calibration_policy,
-        calibration_cache_dir=calibration_cache_dir,
-        max_map_drop=max_map_drop,
-        equalize=equalize,
-    )
+    flags: dict[str, Any] = {
+        "precisions": precisions, "network": network, "opset": opset, "verify": verify, "data_root": data_root,
+        "max_images": max_images, "calibration_images": calibration_images, "calibration_seed": calibration_seed,
+        "calibration_method": calibration_method, "calibration_policy": calibration_policy,
+        "calibration_cache_dir": calibration_cache_dir, "max_map_drop": max_map_drop, "equalize": equalize,
+    }
+    if options_file is None:
+        options = export_options(**flags)
+    else:  # the file's options, with only the flags the command line gave replacing them
+        ctx = click.get_current_context()
+        given = {name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+        given |= {"precisions"} if given & {"fp16", "int8", "target"} else set()
+        options = load_export_options(options_file, {key: value for key, value in flags.items() if key in given})
+    bundle = export_checkpoint(checkpoint, out_dir, options, overwrite=overwrite)
     if as_json:
         print_json({"bundle": str(bundle.path), **bundle.manifest})
         return
@@ -132,14 +156,26 @@ def print_bundle(bundle: ExportBundle) -> None:
             console.print(f"{precision}: activations equalized between {len(pairs)} convolution pairs before INT8")
         accuracy = entry.get("accuracy")
         if not accuracy:
+            if "accuracy" in entry:  # post-training INT8 exported without the search (QAT models have no entry)
+                console.print(f"{precision}: no accuracy-aware search (--max-map-drop none): every layer in INT8, "
+                              "judged by the verification alone")
             continue
-        line = (f"{precision}: held-out mAP drop vs FP32 {accuracy['drop_points_before']:+.2f} pts"
-                f" (budget {accuracy['max_mAP_drop_points']:.2f})")
+        budget = f"budget {accuracy['max_mAP_drop_points']:.2f}"
+        if accuracy.get("heldout_margin_points") is not None:  # bundles before the margin have the budget alone
+            budget += (f", accepted on held-out at ≤ {accuracy['heldout_threshold_points']:.2f} after a "
+                       f"{accuracy['heldout_margin_points']:.2f} margin")
+        line = f"{precision}: held-out mAP drop vs FP32 {accuracy['drop_points_before']:+.2f} pts ({budget})"
         if accuracy["excluded_layers"]:
             kept = ", ".join(f"{layer['node']} (1-cos {layer['embedding_error']:.2e})"
                              for layer in accuracy["excluded_layers"])
             line += f" → {accuracy['drop_points_after']:+.2f} pts with the most sensitive layers in float: {kept}"
         console.print(line)
+        if accuracy.get("heldout_saturated"):
+            console.print(
+                f"[yellow]warning[/]: {precision}: FP32 scores {accuracy['heldout']['fp32_mAP']:.1%} on the held-out "
+                "train identities, too close to 100 % to resolve INT8 losses there; the search cannot see them, "
+                "only the test-split verification can"
+            )
     if verification:
         # Bundles exported before intervals were recorded have the delta alone and count every query.
         queries = verification.get("num_valid_queries", verification["num_query"])
@@ -153,7 +189,27 @@ def print_bundle(bundle: ExportBundle) -> None:
             verdict = _verdict(score["passed"]) + ("" if tolerance is None else f" (±{tolerance:g})")
             console.print(f"  {precision:<9} mAP {score['mAP']:.2%}  Δ {delta} on {queries:,} queries  {verdict}")
         print_evaluation_warnings(scores)
+        over = [precision for precision, score in scores.items()
+                if precision.startswith("int8") and score["passed"] is False]
+        if over and "quantization_aware" not in manifest:
+            console.print(int8_over_budget_hint(manifest, over), soft_wrap=True, highlight=False)
         console.print(f"verification {_verdict(verification['passed'])}")
+
+
+def int8_over_budget_hint(manifest: dict[str, Any], precisions: list[str]) -> str:
+    """What to do when post-training INT8 fails its budget on the test split: quantization-aware training first."""
+    from edgereid.export.sensitivity import qat_suggestion
+    from edgereid.recipes.schema import DEFAULT_NETWORK
+
+    network = manifest["network"] if manifest["network"] != DEFAULT_NETWORK else None
+    qat = qat_suggestion(manifest["source"]["checkpoint"], manifest["recipe"], network)
+    searched = all((manifest["models"][precision].get("accuracy") or {}).get("max_mAP_drop_points") is not None
+                   for precision in precisions)
+    fallback = ("" if searched else
+                "; or hold it to its budget with layers kept in float (--max-map-drop, on by default)")
+    return (f"{', '.join(precisions)}: post-training INT8 loses more than its budget on the test split. Train it "
+            f"quantization-aware: {qat}, then export that run{fallback}; or try --calibration-method max, or a "
+            "larger --max-map-drop")
 
 
 def _verdict(passed: bool | None) -> str:

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
+from edgereid.bundle_format import PRECISIONS
 from edgereid.cli._output import console, parse_options, print_json
 from edgereid.errors import ConfigError, DataError
-from edgereid.export.bundle import PRECISIONS
 from edgereid.runtime.runners import BACKENDS
 
 if TYPE_CHECKING:

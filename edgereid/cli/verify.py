@@ -11,8 +11,8 @@ import click
 from rich.table import Table
 
 from edgereid.atomic import atomic_write_text
+from edgereid.bundle_format import PRECISIONS
 from edgereid.cli._output import console, format_delta, parse_options, print_evaluation_warnings, print_json
-from edgereid.export.bundle import PRECISIONS
 from edgereid.runtime.runners import BACKENDS
 
 

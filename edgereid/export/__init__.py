@@ -1,8 +1,9 @@
 """Export: checkpoint → folded model → ONNX (FP32, and FP16/INT8 where their tools are installed) → a verified
 bundle directory with a manifest (see docs/ARCHITECTURE.md, "Export").
 
-Reading a bundle (``load_bundle``, ``ExportBundle``) needs numpy alone; the names that need torch (folding, ONNX
-export) are imported on first use.
+The bundle format itself (``load_bundle``, ``ExportBundle``, the manifest schema) lives in :mod:`edgereid.bundle_format`,
+below export and runtime alike; it is re-exported here. The names that need torch (folding, ONNX export) are imported
+on first use.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from edgereid.export.bundle import (
     verify_bundle,
 )
 from edgereid.export.calibration import select_calibration_records
+from edgereid.export.options import ExportOptions, load_export_options
 
 if TYPE_CHECKING:
     from edgereid.export.onnx_export import export_onnx
@@ -46,12 +48,14 @@ __all__ = [
     "PRECISIONS",
     "ExportBundle",
     "ExportError",
+    "ExportOptions",
     "count_batchnorm",
     "export_checkpoint",
     "export_onnx",
     "fold_batchnorm",
     "fold_batchnorm_with_report",
     "load_bundle",
+    "load_export_options",
     "select_calibration_records",
     "verify_bundle",
 ]

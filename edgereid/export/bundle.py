@@ -11,13 +11,11 @@ embeddings and mAP/rank-1, ΔmAP with its paired bootstrap interval over the que
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,135 +23,44 @@ import numpy as np
 
 from edgereid import __version__
 from edgereid.atomic import atomic_write_bytes, publish_directory
+
+# The bundle format (constants, ExportBundle, load_bundle, sha256_file) lives below export and runtime alike, in
+# edgereid.bundle_format; the export's ONNX helpers in edgereid.export.common. Their names stay importable from here.
+from edgereid.bundle_format import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    DEFAULT_MAX_MAP_DROP,
+    INPUT_NAME,
+    MANIFEST_NAME,
+    MAP_TOLERANCE_POINTS,
+    ORT_DISABLED_OPTIMIZERS,
+    OUTPUT_NAME,
+    PRECISIONS,
+    ExportBundle,
+    check_model_io,
+    load_bundle,
+    model_file_name,
+    sha256_file,
+    validate_manifest,
+)
 from edgereid.data.images import normalize_images
 from edgereid.errors import ConfigError, DataError, EdgeReIDError
-from edgereid.evaluation.bootstrap import paired_bootstrap_delta
-from edgereid.evaluation.rank import RankResult
-
-# ONNX Runtime graph optimisations every edgereid session turns off. WeightBiasQuantization (ONNX Runtime 1.21+)
-# quantizes, at load time, the float weights of a layer that sits between a DequantizeLinear and a QuantizeLinear —
-# exactly the layers an INT8 model keeps in float — per tensor: on a fine-tuned MobileNetV2 (market1501-holdout) one
-# such layer took the embeddings' cosine to FP32 from 0.87 to 0.01. Other ONNX Runtime users of these models should
-# pass the same list (``InferenceSession(..., disabled_optimizers=[...])``); older versions ignore the name.
-ORT_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+from edgereid.evaluation.verification import delta_interval_fields, more_queries_remedy
+from edgereid.export.common import (
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+    _cosine,
+    _session,
+    check_opset,
+    embed_onnx,
+)
+from edgereid.export.options import ExportOptions, export_options
 
 if TYPE_CHECKING:
     import torch
 
     from edgereid.recipes.schema import DataConfig
-
-# Not imported from onnx_export (which needs torch): reading a bundle needs numpy and onnxruntime only.
-INPUT_NAME = "images"
-OUTPUT_NAME = "embeddings"
-# ONNX opsets: TensorRT 10.3 (JetPack 6.1/6.2) parses 9 to 20, which is also the newest torch's TorchScript exporter
-# writes; TensorRT 8.6 (JetPack 6.0) parses up to 17. 13 is the first with per-channel QuantizeLinear.
-MIN_OPSET = 13
-MAX_OPSET = 20
-DEFAULT_OPSET = MAX_OPSET
-
-
-BUNDLE_FORMAT = "edgereid-bundle"
-BUNDLE_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-# "int8" is the TensorRT-target Q/DQ model (engines are built from it), "int8_cpu" the ONNX Runtime CPU model.
-PRECISIONS = ("fp32", "fp16", "int8", "int8_cpu")
-# |ΔmAP| in mAP points (percent) that verification accepts against the reference, per precision. FP32 and FP16
-# differ by rounding only; INT8 may lose up to half a point (the default INT8 budget; the demo's models measured
-# -0.45 to +0.11): beyond it verification fails loudly instead of shipping a silently broken model.
-MAP_TOLERANCE_POINTS: dict[str, float | None] = {"fp32": 0.1, "fp16": 0.5, "int8": 0.5, "int8_cpu": 0.5}
-
-
-def model_file_name(precision: str) -> str:
-    return f"model.{precision}.onnx"
-
-
-@dataclass(frozen=True)
-class ExportBundle:
-    path: Path
-    manifest: dict[str, Any]
-
-    @property
-    def precisions(self) -> list[str]:
-        """The bundle's precisions, FP32 (the reference) first."""
-        return [precision for precision in PRECISIONS if precision in self.manifest["models"]]
-
-    def model_path(self, precision: str) -> Path:
-        if precision not in self.manifest["models"]:
-            raise ConfigError(
-                f"bundle '{self.path}' has no {precision!r} model; it has {', '.join(self.manifest['models'])}"
-            )
-        return self.path / self.manifest["models"][precision]["file"]
-
-    def tolerance(self, precision: str) -> float | None:
-        """The |ΔmAP| budget (mAP points) this bundle's ``precision`` model is held to: the one it was exported
-        with (``--max-map-drop``), else the default of its precision."""
-        recorded = self.manifest["models"].get(precision, {}).get("tolerance_mAP_points")
-        return float(recorded) if recorded is not None else MAP_TOLERANCE_POINTS.get(precision)
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        spec = self.manifest["input"]
-        return int(spec["height"]), int(spec["width"])
-
-    @property
-    def engines(self) -> dict[str, dict[str, Any]]:
-        """The TensorRT engines ``edgereid build`` recorded, by precision (file, sha256, TensorRT version, GPU,
-        compute capability, build options)."""
-        engines: dict[str, dict[str, Any]] = self.manifest.get("engines", {})
-        return engines
-
-    def engine_path(self, precision: str) -> Path:
-        if precision not in self.engines:
-            built = ", ".join(self.engines) or "none"
-            raise ConfigError(
-                f"bundle '{self.path}' has no TensorRT engine for {precision!r} (engines built: {built}); build one "
-                f"on the machine that will run it with: edgereid build {self.path} --precision {precision}"
-            )
-        return self.path / self.engines[precision]["file"]
-
-
-def load_bundle(path: str | Path) -> ExportBundle:
-    """The bundle at ``path``, its manifest checked for format and version, its model and engine files for their
-    sha256."""
-    path = Path(path)
-    manifest_path = path / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise DataError(f"'{path}' is not an export bundle: it has no {MANIFEST_NAME}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"'{manifest_path}' cannot be read ({type(error).__name__}: {error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise DataError(f"'{manifest_path}' is not an edgereid bundle manifest (format '{BUNDLE_FORMAT}')")
-    if manifest.get("format_version") != BUNDLE_VERSION:
-        raise DataError(
-            f"bundle '{path}' has format version {manifest.get('format_version')}; this edgereid reads version "
-            f"{BUNDLE_VERSION}"
-        )
-    for precision, entry in manifest["models"].items():
-        file = path / entry["file"]
-        if not file.is_file():
-            raise DataError(f"bundle '{path}' lists {entry['file']} ({precision}) but the file is missing")
-        if sha256_file(file) != entry["sha256"]:
-            raise DataError(f"bundle '{path}': {entry['file']} does not match the sha256 in its manifest")
-    for precision, entry in manifest.get("engines", {}).items():
-        file = path / entry["file"]
-        rebuild = f"rebuild it with: edgereid build {path} --precision {precision}"
-        if not file.is_file():
-            raise DataError(f"bundle '{path}' lists engine {entry['file']} ({precision}) but the file is missing; {rebuild}")
-        if sha256_file(file) != entry["sha256"]:
-            raise DataError(
-                f"bundle '{path}': engine {entry['file']} does not match the sha256 in its manifest; {rebuild}"
-            )
-    return ExportBundle(path, manifest)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_precisions(precisions: Sequence[str]) -> list[str]:
@@ -197,44 +104,30 @@ def _random_parity(model: torch.nn.Module, onnx_path: Path, input_size: tuple[in
     }
 
 
-def check_opset(opset: int) -> None:
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConfigError(
-            f"--opset {opset}: expected {MIN_OPSET} to {MAX_OPSET}; TensorRT 10.3 (JetPack 6.1/6.2) parses ONNX opsets "
-            f"up to {MAX_OPSET}, TensorRT 8.6 (JetPack 6.0) up to 17, and per-channel INT8 needs {MIN_OPSET} or newer"
-        )
-
-
 def export_checkpoint(
     checkpoint_path: str | Path,
     out_dir: str | Path,
+    options: ExportOptions | None = None,
     *,
-    precisions: Sequence[str] = ("fp32",),
-    network: str | None = None,
-    opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
-    verify: bool = False,
-    data_root: str | Path | None = None,
-    max_images: int | None = None,
-    calibration_images: int | None = None,
-    calibration_seed: int | None = None,
-    calibration_method: str = "entropy",
-    calibration_policy: str | Path | None = None,
-    calibration_cache_dir: str | Path | None = None,
-    max_map_drop: float | None = None,
-    equalize: bool | None = None,
+    **keywords: Any,
 ) -> ExportBundle:
-    """Export the checkpoint (a .pt file or a run directory) to a bundle at ``out_dir``.
+    """Export the checkpoint (a .pt file or a run directory) to a bundle at ``out_dir``, as ``options`` say
+    (:class:`~edgereid.export.options.ExportOptions`; ``keywords`` — its field names, as before it existed — replace
+    its values). The options go into the manifest (``export_options``), so the bundle can be exported again alike.
 
     ``out_dir`` must not exist or be empty unless ``overwrite``. FP32 is always exported (the reference); with
     ``verify`` the bundle's models are scored by :func:`verify_bundle` and the results go into the manifest.
     INT8 (``int8``: TensorRT Q/DQ, ``int8_cpu``: ONNX Runtime CPU) is calibrated on one set drawn from the train
     split by ``calibration_policy`` (a shipped name or a YAML file; ``calibration_images``/``calibration_seed``
-    override its count and seed), decoded once through the calibration cache in ``calibration_cache_dir``. With
-    ``max_map_drop`` (mAP points) each INT8 model is held to that budget against FP32 on held-out train images,
-    keeping its most sensitive layers in float as needed (:mod:`edgereid.export.sensitivity`); the budget also
-    replaces the INT8 verification tolerance recorded in the manifest. ``equalize`` rescales the activations between
-    convolutions before INT8 (:mod:`edgereid.export.equalize`); None leaves it to each target's default.
+    override its count and seed), decoded once through the calibration cache in ``calibration_cache_dir``. Each
+    post-training quantized INT8 model is held to ``max_map_drop`` (mAP points; by default DEFAULT_MAX_MAP_DROP,
+    None: no search) against FP32 on held-out train images, accepted there only within the budget less
+    ``heldout_margin`` (None: the default margin), keeping its most sensitive layers in float as needed
+    (:mod:`edgereid.export.sensitivity`); the budget is also the INT8 verification tolerance recorded in the
+    manifest. A quantization-aware trained checkpoint's INT8 models carry what it learned: no search. ``equalize``
+    rescales the activations between convolutions before INT8 (:mod:`edgereid.export.equalize`); None leaves it to
+    each target's default.
     """
     from edgereid.export.fold import check_folding
     from edgereid.export.onnx_export import export_onnx
@@ -242,6 +135,12 @@ def export_checkpoint(
     from edgereid.training.checkpoint import load_checkpoint
     from edgereid.training.evaluate import build_model, build_reference_model
 
+    options = export_options(options, **keywords)
+    precisions, network, opset, verify = options.precisions, options.network, options.opset, options.verify
+    data_root, max_images, calibration_method = options.data_root, options.max_images, options.calibration_method
+    calibration_images, calibration_seed = options.calibration_images, options.calibration_seed
+    calibration_policy, calibration_cache_dir = options.calibration_policy, options.calibration_cache_dir
+    max_map_drop, equalize, heldout_margin = options.max_map_drop, options.equalize, options.heldout_margin
     wanted = check_precisions(precisions)
     check_opset(opset)
     int8_wanted = [precision for precision in wanted if precision.startswith("int8")]
@@ -258,6 +157,8 @@ def export_checkpoint(
             )
         if max_map_drop is not None and max_map_drop < 0:
             raise ConfigError(f"--max-map-drop must be at least 0 mAP points, got {max_map_drop}")
+        if heldout_margin is not None and heldout_margin < 0:
+            raise ConfigError(f"the held-out margin must be at least 0 mAP points, got {heldout_margin}")
         policy = load_calibration_policy(calibration_policy)
         if calibration_seed is not None:
             policy = policy.model_copy(update={"seed": calibration_seed})
@@ -292,7 +193,7 @@ def export_checkpoint(
                 extra[precision] = convert_fp16(fp32_path, target)
             else:
                 from edgereid.export.precision import prepare_calibration
-                from edgereid.export.sensitivity import quantize_within_budget
+                from edgereid.export.sensitivity import qat_suggestion, quantize_within_budget
 
                 assert policy is not None
                 if calibration is None:  # decoded once for both INT8 targets
@@ -306,6 +207,8 @@ def export_checkpoint(
                     extra[precision] = quantize_within_budget(
                         precision, fp32_path, target, calibration, train, data, method=calibration_method,
                         max_map_drop=max_map_drop, flip=checkpoint.recipe.train.flip_test, equalize=equalize,
+                        margin=heldout_margin,
+                        qat_hint=qat_suggestion(checkpoint.path, checkpoint.recipe.name, network),
                     )
                 extra[precision]["tolerance_mAP_points"] = (
                     MAP_TOLERANCE_POINTS[precision] if max_map_drop is None else max_map_drop
@@ -364,6 +267,7 @@ def export_checkpoint(
             },
             "timings": timings,
             "verification": None,
+            "export_options": options.model_copy(update={"precisions": wanted}).recorded(),
         }
         if quantized is not None and checkpoint.quantization is not None:
             # The FP32 (and FP16) models are the network QAT started from: the reference INT8 is verified against.
@@ -376,7 +280,11 @@ def export_checkpoint(
             manifest["verification"] = verify_bundle(
                 ExportBundle(built, manifest), data_root=data_root, max_images=max_images, model=model
             )
-        atomic_write_bytes((json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode(), built / MANIFEST_NAME)
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+        # What is written is what every reader will validate: a manifest the runtime would refuse is never published.
+        validate_manifest(json.loads(text), built / MANIFEST_NAME)
+        check_model_io(built, json.loads(text))
+        atomic_write_bytes(text.encode(), built / MANIFEST_NAME)
         publish_directory(built, out_dir)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
@@ -415,39 +323,6 @@ def _fold_check_images(data: DataConfig) -> tuple[torch.Tensor, str]:
         return torch.from_numpy(normalize_images(decoded.images, data.mean, data.std)), "train"
     generator = torch.Generator().manual_seed(0)
     return torch.randn(FOLD_CHECK_IMAGES, 3, *data.size, generator=generator), "random"
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.asarray((a * b).sum(axis=1) / np.maximum(denominator, 1e-12))
-
-
-
-def embed_onnx(
-    session: Any, images: np.ndarray, mean: Sequence[float], std: Sequence[float], *, batch_size: int = 64,
-    flip: bool = False,
-) -> np.ndarray:
-    """float32 (N, D) embeddings of N×H×W×3 uint8 images from an ONNX Runtime session of a bundle model."""
-    features = []
-    for start in range(0, len(images), batch_size):
-        inputs = normalize_images(images[start : start + batch_size], mean, std)
-        output = session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0].astype(np.float32)
-        if flip:
-            mirrored = np.ascontiguousarray(inputs[..., ::-1])
-            output = (output + session.run([OUTPUT_NAME], {INPUT_NAME: mirrored})[0].astype(np.float32)) / 2
-        features.append(output)
-    return np.concatenate(features)
 
 
 def verify_bundle(
@@ -545,35 +420,29 @@ def verify_bundle(
     }
 
 
-def delta_interval_fields(
-    reference: RankResult, candidate: RankResult, tolerance: float | None, remedy: str
-) -> dict[str, Any]:
-    """A verification entry's ΔmAP interval and, where the queries are too few for ``tolerance``, the warning.
-
-    Pass/fail stays |ΔmAP| ≤ tolerance: the interval does not move the gate, it tells whether to trust it.
-    ``evaluation_too_small`` is null without a tolerance to judge against.
-    """
-    interval = paired_bootstrap_delta(reference.per_query_ap, candidate.per_query_ap)
-    too_small = warning = None
-    if tolerance is not None:
-        too_small = interval.too_small_for(tolerance)
-        warning = f"{interval.too_small_message(tolerance)}; {remedy}" if too_small else None
-    return {
-        "delta_mAP_ci95_points": [interval.low_points, interval.high_points],
-        "evaluation_too_small": too_small,
-        "evaluation_warning": warning,
-    }
-
-
-def more_queries_remedy(dataset_name: str, max_images: int | None) -> str:
-    """How to verify on more queries, in the options `edgereid export` and `edgereid verify` share."""
-    ways = []
-    if max_images:
-        ways.append(f"drop --max-images (it kept the first {max_images} query images)")
-    if dataset_name.endswith("-holdout"):
-        ways.append(
-            "hold out more identities as query/gallery when training (the recipe's data.holdout.num_test_ids; "
-            "`edgereid data info ROOT --holdout-ids N` shows the query split N identities give)"
-        )
-    ways.append("verify on a data set with a larger query split (--data ROOT)")
-    return "to judge it, " + ", or ".join(ways)
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "DEFAULT_MAX_MAP_DROP",
+    "DEFAULT_OPSET",
+    "INPUT_NAME",
+    "MANIFEST_NAME",
+    "MAP_TOLERANCE_POINTS",
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "ORT_DISABLED_OPTIMIZERS",
+    "OUTPUT_NAME",
+    "PRECISIONS",
+    "ExportBundle",
+    "ExportOptions",
+    "check_opset",
+    "check_precisions",
+    "delta_interval_fields",
+    "embed_onnx",
+    "export_checkpoint",
+    "load_bundle",
+    "model_file_name",
+    "more_queries_remedy",
+    "sha256_file",
+    "verify_bundle",
+]

@@ -33,7 +33,7 @@ import numpy as np
 
 from edgereid.atomic import atomic_write_bytes
 from edgereid.errors import ExportError
-from edgereid.export.bundle import INPUT_NAME, OUTPUT_NAME, _cosine, _session
+from edgereid.export.common import INPUT_NAME, OUTPUT_NAME, _cosine, _session
 
 # Whether each INT8 precision equalizes unless told: measured on two models (docs/BENCHMARKS.md), it helped ONNX
 # Runtime's CPU scheme (a MobileNetV2 fully quantized: 17.4 -> 9.7 mAP points lost; the demo's student -0.22 -> -0.13

@@ -14,7 +14,7 @@ from torch import nn
 
 from edgereid.atomic import atomic_write_bytes
 from edgereid.errors import ExportError
-from edgereid.export.bundle import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, check_opset
+from edgereid.export.common import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, check_opset
 from edgereid.modeling.model import TestEmbedding
 
 log = logging.getLogger(__name__)

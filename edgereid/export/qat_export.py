@@ -22,8 +22,13 @@ from typing import Any
 import numpy as np
 
 from edgereid.errors import ExportError
-from edgereid.export.bundle import DEFAULT_OPSET
 from edgereid.export.calibration import CalibrationSet
+from edgereid.export.common import DEFAULT_OPSET
+
+# Quantized too in the CPU model: a ReLU (or ReLU6's Clip) after a convolution is then removed and the convolution's
+# output takes the learned range of the ReLU's output — one quantization where QAT trained one, not a calibrated one
+# before the ReLU and the learned one after it; residual additions run in INT8.
+_FOLLOWING_OP_TYPES = ("Relu", "Clip", "Add")
 
 
 def export_qat_onnx(model: Any, path: Path, input_size: tuple[int, int], *, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
@@ -90,7 +95,7 @@ def quantize_qat_int8_cpu(
                     reduce_range=False,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
-                    op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+                    op_types_to_quantize=[*QUANTIZED_OP_TYPES, *_FOLLOWING_OP_TYPES],
                     calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"TensorQuantOverrides": overrides},
                 )

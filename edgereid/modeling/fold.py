@@ -83,17 +83,23 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def trace_test_forward(model: nn.Module) -> fx.Graph:
+    """The data flow of ``model``'s test forward (its modules under ``model.``), norm, Conv2d and Linear layers as
+    single nodes."""
+    try:
+        return _Tracer().trace(TestEmbedding(model))
+    except Exception as error:
+        raise ModelError(
+            f"cannot trace {type(model).__name__} with torch.fx to follow its layers' data flow "
+            f"({type(error).__name__}: {error})"
+        ) from error
+
+
 def fold_batchnorm_with_report(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     """A folded copy of ``model`` (in eval mode) and what was folded; ``model`` is left untouched."""
     folded = copy.deepcopy(model).eval()
+    graph = trace_test_forward(folded)
     root = TestEmbedding(folded)
-    try:
-        graph = _Tracer().trace(root)
-    except Exception as error:
-        raise ModelError(
-            f"cannot trace {type(model).__name__} with torch.fx to find its conv/BatchNorm pairs "
-            f"({type(error).__name__}: {error})"
-        ) from error
     modules = dict(root.named_modules())
     report = FoldReport()
     replacements: dict[str, nn.Module] = {}

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from edgereid.bundle_format import ExportBundle, load_bundle
 from edgereid.errors import EdgeReIDError
-from edgereid.export.bundle import ExportBundle, load_bundle
 from edgereid.report.bench import measure
 
 

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgereid import errors
+from edgereid.bundle_format import MANIFEST_NAME, ExportBundle, load_bundle
 from edgereid.errors import ConfigError, DataError, EdgeReIDError
-from edgereid.export.bundle import MANIFEST_NAME, ExportBundle, load_bundle
 from edgereid.runtime.environment import describe_environment
 from edgereid.runtime.runners import select_precisions
 

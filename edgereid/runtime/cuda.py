@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import ctypes
+import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,14 @@ from edgereid.errors import ConfigError, EdgeReIDError
 from edgereid.runtime.resource import Closable
 
 CUDA_BINDINGS_MISSING = (
-    "TensorRT needs a CUDA binding for Python and neither cuda-python nor pycuda is installed here; install one "
-    "with: pip install cuda-python (on a Jetson: pip install pycuda, or the cuda-python matching its JetPack's CUDA)"
+    "TensorRT needs a CUDA binding for Python and neither cuda-python nor pycuda is installed here; install "
+    "cuda-python of the CUDA major version of this machine's driver: pip install 'cuda-python>=12,<13' for CUDA 12 "
+    "(JetPack 6: 'edgereid[jetson-jp6]'), 'cuda-python>=13,<14' for CUDA 13 (JetPack 7: 'edgereid[jetson-jp7]'), "
+    "or pycuda"
 )
+# Where cuda-python keeps the CUDA runtime API: cuda.bindings.runtime from 12.6 on, cuda.cudart before (cuda-python
+# 12.5 and older; later 12.x releases keep it as a deprecated alias, 13 removed it).
+_CUDART_MODULES = ("cuda.bindings.runtime", "cuda.cudart")
 
 
 @dataclass(frozen=True)
@@ -82,12 +88,14 @@ class CudaDevice(Closable, abc.ABC):
 
 
 def _import_cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        # cuda-python before 12.6 (JetPack 6's era) has the same functions under the old layout.
-        from cuda import cudart  # type: ignore[attr-defined,no-redef,unused-ignore]
-    return cudart
+    """cuda-python's CUDA runtime module, in the layout this cuda-python has (see ``_CUDART_MODULES``)."""
+    errors = []
+    for module in _CUDART_MODULES:
+        try:
+            return importlib.import_module(module)
+        except ImportError as error:
+            errors.append(f"{module}: {error}")
+    raise EdgeReIDError(f"{CUDA_BINDINGS_MISSING} (cuda-python's runtime module does not import: {'; '.join(errors)})")
 
 
 class _CudaPythonDevice(CudaDevice):
@@ -249,11 +257,14 @@ class _PyCudaDevice(CudaDevice):
 
 
 def cuda_binding() -> str | None:
-    """The CUDA binding :func:`open_device` would use ("cuda-python" or "pycuda"), None when neither is installed."""
+    """The CUDA binding :func:`open_device` would use ("cuda-python" or "pycuda"), None when neither is installed.
+    cuda-python counts when either of its runtime modules is there (``cuda.bindings.runtime``, or the older
+    ``cuda.cudart``), not merely the ``cuda`` namespace, which other NVIDIA packages share."""
     import importlib.util
 
-    for module, binding in (("cuda.bindings", "cuda-python"), ("cuda.cudart", "cuda-python"), ("pycuda", "pycuda")):
-        with contextlib.suppress(ImportError, ValueError):
+    probes = [(module, "cuda-python") for module in _CUDART_MODULES] + [("pycuda.driver", "pycuda")]
+    for module, binding in probes:
+        with contextlib.suppress(ImportError, ValueError, AttributeError, OSError):
             if importlib.util.find_spec(module) is not None:
                 return binding
     return None

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from edgereid.bundle_format import ExportBundle, load_bundle
 from edgereid.data.images import decode_image, normalize_images, resize_image
 from edgereid.errors import ConfigError
-from edgereid.export.bundle import ExportBundle, load_bundle
 from edgereid.runtime.resource import Closable
 from edgereid.runtime.runners import Runner, create_runner
 

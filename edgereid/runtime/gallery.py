@@ -32,10 +32,10 @@ import faiss
 import numpy as np
 
 from edgereid.atomic import publish_directory
+from edgereid.bundle_format import sha256_file
 from edgereid.errors import ConfigError, DataError
 from edgereid.evaluation.distance import compute_distance
 from edgereid.evaluation.rerank import re_ranking
-from edgereid.export.bundle import sha256_file
 
 if TYPE_CHECKING:
     from edgereid.runtime.embedder import Embedder

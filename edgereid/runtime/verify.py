@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from edgereid.bundle_format import ExportBundle, load_bundle
 from edgereid.data import ImageRecord, load_dataset, make_holdout
 from edgereid.data.images import DecodedImages, decode_records
 from edgereid.errors import ConfigError, DataError
 from edgereid.evaluation.features import evaluate_features
 from edgereid.evaluation.rank import RankResult
-from edgereid.export.bundle import ExportBundle, delta_interval_fields, load_bundle, more_queries_remedy
+from edgereid.evaluation.verification import delta_interval_fields, more_queries_remedy
 from edgereid.runtime.embedder import Embedder
 from edgereid.runtime.runners import select_precisions
 

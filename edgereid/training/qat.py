@@ -57,8 +57,9 @@ def require_modelopt() -> None:
         ) from None
 
 
-def quantization_config() -> dict[str, Any]:
-    """modelopt's quantization config for :data:`SCHEME`."""
+def quantization_config(residual_outputs: Iterable[str] = ()) -> dict[str, Any]:
+    """modelopt's quantization config for :data:`SCHEME`; ``residual_outputs`` name the layers whose output is also
+    quantized (see :func:`residual_branch_ends`)."""
     entries: list[dict[str, Any]] = [{"quantizer_name": "*", "enable": False}]
     for layer in ("nn.Conv2d", "nn.Linear"):
         entries += [
@@ -66,7 +67,38 @@ def quantization_config() -> dict[str, Any]:
             {"quantizer_name": "*input_quantizer", "parent_class": layer, "cfg": {"num_bits": 8, "axis": None}},
         ]
     entries += [{"quantizer_name": pattern, "enable": False} for pattern in _TRAINING_ONLY]
+    entries += [
+        {"quantizer_name": f"{name}.output_quantizer", "cfg": {"num_bits": 8, "axis": None}}
+        for name in residual_outputs
+    ]
     return {"quant_cfg": entries, "algorithm": "max"}
+
+
+def residual_branch_ends(model: nn.Module) -> list[str]:
+    """The convolutions whose output goes into an addition and nowhere else (a residual branch's last layer). INT8 runtimes
+    add in INT8 (ONNX Runtime's QLinearAdd, TensorRT's fused residual), so that output is quantized too: QAT then
+    trains on it instead of leaving it to a calibration at export."""
+    import operator
+
+    from edgereid.modeling.fold import trace_test_forward
+
+    graph = trace_test_forward(model)
+    modules = dict(TestEmbedding(model).named_modules())
+    ends = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[str(node.target)], nn.Conv2d):
+            continue
+        output = node
+        # A folded BatchNorm left an Identity behind.
+        while len(output.users) == 1:
+            (user,) = output.users
+            if user.op != "call_module" or not isinstance(modules[str(user.target)], nn.Identity):
+                break
+            output = user
+        # Only a branch's end: an output that also feeds a layer is that layer's (already quantized) input.
+        if len(output.users) == 1 and next(iter(output.users)).target in (operator.add, torch.add, "add"):
+            ends.append(str(node.target).removeprefix("model."))
+    return ends
 
 
 @contextlib.contextmanager
@@ -112,7 +144,7 @@ def quantize_model(fp32_model: ReIDModel, calibration_batches: Iterable[Tensor])
                 embedding(batch)
 
     with _quiet():
-        quantized = mtq.quantize(folded, quantization_config(), forward_loop)
+        quantized = mtq.quantize(folded, quantization_config(residual_branch_ends(folded)), forward_loop)
     if not quantized_layers(quantized):
         raise ModelError(
             f"{type(fp32_model.backbone).__name__} has no convolution or linear layer that modelopt can quantize"

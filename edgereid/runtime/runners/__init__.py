@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgereid.bundle_format import PRECISIONS, ExportBundle, load_bundle
 from edgereid.errors import ConfigError
-from edgereid.export.bundle import PRECISIONS, ExportBundle, load_bundle
 from edgereid.runtime.runners.base import InferenceTiming, Runner
 
 R = TypeVar("R", bound=type[Runner])

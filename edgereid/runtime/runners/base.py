@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from edgereid.bundle_format import PRECISIONS, ExportBundle
 from edgereid.errors import ConfigError
-from edgereid.export.bundle import PRECISIONS, ExportBundle
 from edgereid.runtime.resource import Closable
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from edgereid.bundle_format import ORT_DISABLED_OPTIMIZERS, ExportBundle
 from edgereid.errors import ConfigError, EdgeReIDError
-from edgereid.export.bundle import ORT_DISABLED_OPTIMIZERS, ExportBundle
 from edgereid.runtime.runners import register_runner
 from edgereid.runtime.runners.base import InferenceTiming, Runner
 

@@ -4,7 +4,8 @@ profile's largest batch; each batch is copied in, run and copied out on the stre
 so ``last_timing`` separates the copies from the compute as the GPU measured them.
 
 An engine is checked before it is deserialised: the bundle must have one for the precision, built for this GPU's
-architecture and this TensorRT (see ``edgereid.export.engine.check_engine_compatible``).
+architecture and this TensorRT (see ``edgereid.runtime.trt.check_engine_compatible``). An engine built for a DLA
+core is deserialised with the runtime set to that core (which must exist here).
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from edgereid.bundle_format import ENGINE_PRECISIONS, ExportBundle
 from edgereid.errors import ConfigError, DataError, EdgeReIDError
-from edgereid.export.bundle import ExportBundle
-from edgereid.export.engine import (
-    ENGINE_PRECISIONS,
+from edgereid.runtime.runners import register_runner
+from edgereid.runtime.runners.base import InferenceTiming, Runner
+from edgereid.runtime.trt import (
+    EngineCompatibilityError,
     check_engine_compatible,
     require_tensorrt,
     tensorrt_logger,
     tensorrt_messages,
 )
-from edgereid.runtime.runners import register_runner
-from edgereid.runtime.runners.base import InferenceTiming, Runner
 
 
 @register_runner("tensorrt")
@@ -62,6 +63,18 @@ class TensorRTRunner(Runner):
         self._logger = tensorrt_logger()
         mark = self._logger.count
         self._runtime = trt.Runtime(self._logger)
+        dla_core = entry.get("options", {}).get("dla_core")
+        if dla_core is not None:
+            # An engine built for a DLA core runs on the core the runtime names when it deserialises it (trtexec sets
+            # it the same way); left unset, a core-1 engine would not be pinned to core 1.
+            cores = int(self._runtime.num_DLA_cores)
+            if int(dla_core) >= cores:
+                raise EngineCompatibilityError(
+                    f"'{engine_path}' was built for DLA core {dla_core}; TensorRT {trt.__version__} on {gpu.name} has "
+                    f"{cores} DLA core(s): rebuild it here with: edgereid build {self.bundle.path} --precision "
+                    f"{self.precision}" + (f" --batch N --dla-core {cores - 1}" if cores else " (for the GPU)")
+                )
+            self._runtime.DLA_core = int(dla_core)
         if entry.get("options", {}).get("version_compatible"):
             # A version-compatible plan carries its own lean runtime (host code); this bundle's own engine, whose
             # sha256 load_bundle has checked, is trusted to run it.

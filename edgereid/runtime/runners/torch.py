@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from edgereid.bundle_format import ExportBundle
 from edgereid.errors import ConfigError, DataError, EdgeReIDError
-from edgereid.export.bundle import ExportBundle
 from edgereid.runtime.runners import register_runner
 from edgereid.runtime.runners.base import InferenceTiming, Runner
 
