@@ -18,7 +18,6 @@ What a checkpoint keeps (:class:`QuantizationState`): modelopt's quantizer state
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import io
 from collections.abc import Iterable, Iterator
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgereid.bundle_format import sha256_file
 from edgereid.errors import ConfigError, ModelError
 from edgereid.modeling import ReIDModel, create_model
 from edgereid.modeling.config import ModelConfig
@@ -113,13 +113,9 @@ def _quiet() -> Iterator[None]:
 
 def describe_init(path: Path, epoch: int, metrics: dict[str, Any], network: str) -> dict[str, Any]:
     """Where a QAT run's FP32 network came from: file, sha256, network, epoch and its metrics."""
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
     return {
         "checkpoint": str(path.resolve()),
-        "sha256": digest.hexdigest(),
+        "sha256": sha256_file(path),
         "network": network,
         "epoch": epoch,
         "metrics": dict(metrics),
@@ -217,7 +213,3 @@ def freeze_norms(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
-
-
-def is_quantized(model: nn.Module) -> bool:
-    return any(True for _ in _weight_quantized(model))
