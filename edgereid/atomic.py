@@ -55,6 +55,35 @@ def atomic_write_bytes(data: bytes, path: Path) -> None:
         file.write(data)
 
 
+def staging_directory(target: Path) -> Path:
+    """A new private directory beside ``target`` to build its next version in, for :func:`publish_directory`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}{_STAGING}", dir=target.parent))
+
+
+def remove_abandoned(target: Path) -> list[Path]:
+    """Undo what a killed writer of ``target`` left beside it: a retired version whose replacement never arrived
+    is put back, and staging and retired directories are removed. Returns what was removed.
+
+    Only safe while holding ``target``'s write lock (``edgereid.locking.exclusive``): a live writer's staging
+    directory looks exactly like an abandoned one.
+    """
+    retired = sorted(target.parent.glob(f".{target.name}{_RETIRED}*"))
+    if not target.exists():
+        for directory in retired:
+            if (directory / target.name).exists():
+                os.replace(directory / target.name, target)
+                break
+    removed = [*sorted(target.parent.glob(f".{target.name}{_STAGING}*")), *retired]
+    for directory in removed:
+        shutil.rmtree(directory, ignore_errors=True)
+    return removed
+
+
+_STAGING = ".staging-"
+_RETIRED = ".old-"
+
+
 def publish_directory(staging: Path, target: Path) -> None:
     """Move a completely built directory to ``target`` with renames, so a reader never sees half of it; an existing
     ``target`` is moved aside first, put back if the move fails, and removed once the new one is in place."""
@@ -63,7 +92,7 @@ def publish_directory(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}{_RETIRED}", dir=target.parent))
     os.replace(target, retired / target.name)
     try:
         os.replace(staging, target)

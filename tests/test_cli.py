@@ -52,6 +52,18 @@ def test_info_holdout_on_a_train_only_root(tmp_path: Path) -> None:
     assert (splits["query"]["images"], splits["gallery"]["images"]) == (4, 2)
 
 
+def test_info_names_the_strict_flag_for_unreadable_images(tmp_path: Path) -> None:
+    for pid in range(1, 3):
+        for cam in (1, 2):
+            write_image(tmp_path / "bounding_box_train" / f"{pid:04d}_c{cam}s1_000100_01.jpg")
+    (tmp_path / "bounding_box_train" / "0001_c1s1_000200_01.jpg").write_bytes(b"not a jpeg")
+    result = CliRunner().invoke(cli, ["data", "info", str(tmp_path), "--verify", "--holdout-ids", "1"])
+    assert result.exit_code == 0, result.output
+    assert "`edgereid data info --strict`" in result.output
+    strict = CliRunner().invoke(cli, ["data", "info", str(tmp_path), "--strict", "--holdout-ids", "1"])
+    assert strict.exit_code != 0 and "0001_c1s1_000200_01.jpg" in strict.output
+
+
 def test_missing_root_exits_non_zero_with_one_clear_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["data", "info", str(tmp_path / "missing")])
     assert result.exit_code == 2

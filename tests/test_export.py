@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from edgereid.export import (
     verify_bundle,
 )
 from edgereid.export.bundle import delta_interval_fields, more_queries_remedy
+from edgereid.locking import LockTimeoutError, exclusive
 from edgereid.modeling import create_model
 from edgereid.modeling.config import ModelConfig
 from edgereid.modeling.layers.ibn import IBN
@@ -155,8 +157,8 @@ def bundle_dir(checkpoint: Path) -> Path:
 
 def test_bundle_layout_and_manifest(bundle_dir: Path, checkpoint: Path) -> None:
     assert sorted(p.name for p in bundle_dir.iterdir()) == ["manifest.json", "model.fp32.onnx"]
-    # Nothing left beside it from the build.
-    assert sorted(p.name for p in bundle_dir.parent.iterdir()) == ["bundle", "run", "synthetic"]
+    # Nothing left beside it from the build but the destination's (released) lock file.
+    assert sorted(p.name for p in bundle_dir.parent.iterdir()) == [".bundle.lock", "bundle", "run", "synthetic"]
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["format"] == "edgereid-bundle" and manifest["format_version"] == 1
     # Folding was checked on real train images, and the data set is recorded for torch-free verification.
@@ -221,13 +223,34 @@ def test_a_failed_export_leaves_no_bundle(checkpoint: Path, bundle_dir: Path, mo
     out = tmp_path / "bundle"
     with pytest.raises(RuntimeError, match="interrupted"):
         export_checkpoint(checkpoint, out)
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [".bundle.lock"]
     # Overwriting: the old bundle survives a failed export intact.
     manifest_before = (bundle_dir / "manifest.json").read_bytes()
     with pytest.raises(RuntimeError, match="interrupted"):
         export_checkpoint(checkpoint, bundle_dir, overwrite=True)
     assert (bundle_dir / "manifest.json").read_bytes() == manifest_before
-    assert sorted(p.name for p in bundle_dir.parent.iterdir()) == ["bundle", "run", "synthetic"]
+    assert sorted(p.name for p in bundle_dir.parent.iterdir()) == [".bundle.lock", "bundle", "run", "synthetic"]
+
+
+def test_an_export_cleans_up_after_a_killed_one(checkpoint: Path, bundle_dir: Path, tmp_path: Path) -> None:
+    # A SIGKILL leaves a staging directory; one during publishing can leave the old bundle retired, none in place.
+    out = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, tmp_path / ".bundle.old-x1" / "bundle")
+    (tmp_path / ".bundle.staging-y2").mkdir()
+    (tmp_path / ".bundle.staging-y2" / "model.fp32.onnx").write_bytes(b"half")
+    with pytest.raises(ConfigError, match="exists and is not empty"):
+        export_checkpoint(checkpoint, out)  # the retired bundle is back in place, so this is no overwrite
+    assert (out / "manifest.json").read_bytes() == (bundle_dir / "manifest.json").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.lock", "bundle"]
+
+
+def test_exports_into_one_destination_take_turns(checkpoint: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "bundle"
+    monkeypatch.setenv("EDGEREID_LOCK_TIMEOUT", "0.2")
+    with exclusive(out, "another export"), pytest.raises(LockTimeoutError, match=r"'.*bundle' is being written by"):
+        export_checkpoint(checkpoint, out)
+    assert not out.exists()
 
 
 def test_bad_requests_are_named(checkpoint: Path, bundle_dir: Path, tmp_path: Path) -> None:

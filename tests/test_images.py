@@ -49,6 +49,26 @@ def test_decode_image_converts_every_mode_to_rgb(
     assert np.abs(decoded.astype(int) - expected).max() <= 1
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_decode_image_reads_16_bit_grayscale_at_its_level(tmp_path: Path, suffix: str) -> None:
+    # Pillow's own convert("RGB") clips 16-bit levels at 255: this gradient came out almost white (mean 254).
+    levels = np.linspace(0, 65535, 4 * 6).reshape(4, 6).astype(np.uint16)
+    path = tmp_path / f"deep{suffix}"
+    Image.fromarray(levels).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    decoded = decode_image(path)
+    assert decoded.shape == (4, 6, 3)
+    assert (decoded == (levels >> 8).astype(np.uint8)[..., None]).all()
+
+
+@pytest.mark.parametrize(("pixels", "named"), [(np.float32, "floating-point"), (np.int32, "integer")])
+def test_decode_image_refuses_32_bit_pixels_by_name(tmp_path: Path, pixels: type, named: str) -> None:
+    path = tmp_path / "scientific.tif"
+    Image.fromarray(np.full((4, 6), 3, dtype=pixels)).save(path)
+    with pytest.raises(DataError, match=rf"scientific.tif.*32-bit {named} pixels .*expected an 8- or 16-bit image"):
+        decode_image(path)
+
+
 def test_decode_image_resizes_to_height_width(tmp_path: Path) -> None:
     path = write_image(tmp_path / "a.png", color=(200, 100, 50), size=(40, 90))
     decoded = decode_image(path, size=(32, 16))

@@ -122,6 +122,8 @@ def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
     [
         (minimal(solver={"lrr": 0.1}), ["solver.lrr", "did you mean 'solver.lr'"]),
         (minimal(solver={"lr": -1}), ["solver.lr", "greater than 0", "-1"]),
+        (minimal(solver={"lr": float("inf")}), ["solver.lr", "finite number", "inf"]),
+        (minimal(augment={"random_erasing": {"p": float("nan")}}), ["augment.random_erasing.p", "finite number"]),
         (minimal(model={"backbone": {"name": "resnet5"}}), ["model.backbone.name", "resnet50"]),
         (minimal(data={"root": "x", "sampler": {"p": "many"}}), ["data.sampler.p", "'many'"]),
         (minimal(solver={"epochs": 10, "schedule": {"steps": [5, 20]}}), ["[20]", "after the last epoch"]),

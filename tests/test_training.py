@@ -76,6 +76,35 @@ def test_a_second_run_gets_its_own_directory(synthetic_root: Path, tmp_path: Pat
     assert first.run_dir.name == "tiny" and second.run_dir.name == "tiny-2"
 
 
+def test_a_failed_run_leaves_no_directory_to_number_around(synthetic_root: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgereid.training.trainer as trainer_module
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise DataError("the data went away")
+
+    recipe = tiny_recipe(synthetic_root, tmp_path, solver={"epochs": 1}, train={"eval_period": 5})
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer_module._TrainingLoop, "_build_optimization", fail)
+        with pytest.raises(DataError, match="went away"):
+            train(recipe, show_progress=False)
+    assert not (tmp_path / "tiny").exists()
+    assert train(recipe, show_progress=False).run_dir.name == "tiny"
+
+
+def test_a_live_run_cannot_be_resumed_or_reused_by_another(synthetic_root: Path, tmp_path: Path) -> None:
+    from edgereid.locking import LockTimeoutError, exclusive
+
+    recipe = tiny_recipe(synthetic_root, tmp_path, solver={"epochs": 1}, train={"eval_period": 5})
+    run = train(recipe, show_progress=False).run_dir
+    with exclusive(run, "training run"):  # as the process training in it holds it
+        with pytest.raises(LockTimeoutError, match=r"training run '.*tiny' is being written by another process"):
+            train(resume=run, show_progress=False)
+        # A new run that finds its name's directory empty but being set up elsewhere takes the next name.
+        with exclusive(tmp_path / "tiny-2", "training run"):
+            assert train(recipe, show_progress=False).run_dir.name == "tiny-3"
+
+
 def test_resume_continues_exactly(synthetic_root: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe(synthetic_root, tmp_path / "straight", train={"checkpoint_period": 1, "eval_period": 5})
     straight = train(recipe, show_progress=False)
@@ -85,6 +114,7 @@ def test_resume_continues_exactly(synthetic_root: Path, tmp_path: Path) -> None:
     shutil.copy(straight.run_dir / "epoch_0001.pt", interrupted / "last.pt")
     resumed = train(resume=interrupted, show_progress=False)
     assert resumed.iterations == straight.iterations == 6
+    assert resumed.start_iteration == 3  # the summary says 3 trained, not 6
     expected = load_checkpoint(straight.run_dir / "last.pt").model_state
     actual = load_checkpoint(interrupted / "last.pt").model_state
     for key, value in expected.items():
@@ -128,7 +158,7 @@ def test_batch_larger_than_the_data_is_refused(synthetic_root: Path, tmp_path: P
 def test_damaged_checkpoints_are_named(tmp_path: Path) -> None:
     broken = tmp_path / "last.pt"
     broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match="cannot be read"):
+    with pytest.raises(DataError, match="not an edgereid checkpoint: not a complete zip archive"):
         load_checkpoint(tmp_path)
     torch.save({"weights": torch.zeros(1)}, broken)
     with pytest.raises(DataError, match="not an edgereid checkpoint"):
@@ -209,7 +239,7 @@ def test_a_crafted_pickle_never_runs(tmp_path: Path) -> None:
             return (os.system, (f"touch {marker}",))
 
     torch.save({"format": "edgereid-checkpoint", "payload": Payload()}, tmp_path / "last.pt")
-    with pytest.raises(DataError, match="cannot be read"):
+    with pytest.raises(DataError, match="not an edgereid checkpoint: it holds a pickled object of type"):
         load_checkpoint(tmp_path)
     assert not marker.exists()
 

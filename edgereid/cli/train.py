@@ -36,6 +36,7 @@ def train_command(recipe: str | None, overrides: tuple[str, ...], resume: Path |
         "run_dir": str(result.run_dir),
         "epochs": result.epochs,
         "iterations": result.iterations,
+        "start_iteration": result.start_iteration,
         "last_checkpoint": str(result.last_checkpoint),
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
         "best": result.best_metrics,
@@ -47,7 +48,11 @@ def train_command(recipe: str | None, overrides: tuple[str, ...], resume: Path |
         return
     best = result.best_metrics
     scores = f"; best mAP {best['mAP']:.2%} (epoch {best['epoch']})" if best else ""
-    console.print(f"[green]trained[/] {result.iterations} iterations in {result.elapsed_s:.0f} s{scores} → {result.run_dir}")
+    trained = result.iterations - result.start_iteration
+    resumed = f" (resumed at iteration {result.start_iteration}, now {result.iterations})" if result.start_iteration else ""
+    console.print(
+        f"[green]trained[/] {trained} iterations{resumed} in {result.elapsed_s:.0f} s{scores} → {result.run_dir}"
+    )
 
 
 @click.command("eval")

@@ -36,6 +36,8 @@ _DECODER_ERRORS: tuple[type[Exception], ...] = (
     Image.DecompressionBombError,
 )
 _SHOWN_SKIPPED = 5
+_SIXTEEN_BIT_GRAY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+_UNSCALED_MODES = {"I": "32-bit integer", "F": "32-bit floating-point"}
 # Bump when the cached array's meaning changes (resampling, colour conversion), so old caches are rebuilt.
 _CACHE_FORMAT = 1
 
@@ -157,8 +159,22 @@ def _decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     with Image.open(path) as image:
         # load() decodes the whole file, so a truncated image fails here rather than yielding grey rows.
         image.load()
-        rgb = image.convert("RGB")
+        rgb = _to_rgb(image)
     return np.asarray(_resize(rgb, size) if size is not None else rgb, dtype=np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_GRAY_MODES:
+        # Pillow's convert() clips 16-bit levels at 255, which turns a 16-bit grayscale image almost white; keep
+        # the high byte instead, as Pillow itself does when it reads a 16-bit RGB PNG.
+        levels = np.asarray(image).astype(np.uint16)
+        return Image.fromarray((levels >> 8).astype(np.uint8)).convert("RGB")
+    if image.mode in _UNSCALED_MODES:
+        raise ValueError(
+            f"it holds {_UNSCALED_MODES[image.mode]} pixels (Pillow mode {image.mode}), whose white level is unknown; "
+            "expected an 8- or 16-bit image"
+        )
+    return image.convert("RGB")
 
 
 def _resize(rgb: Image.Image, size: tuple[int, int]) -> Image.Image:

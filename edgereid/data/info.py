@@ -75,7 +75,7 @@ def dataset_info(dataset: ReIDDataset, *, verify_images: bool = False, strict: b
         if unreadable:
             warnings.warn(
                 f"{len(unreadable)} of {len(records)} {split} images cannot be read and will be skipped "
-                f"(e.g. '{unreadable[0]}'); pass strict to make this an error",
+                f"(e.g. '{unreadable[0]}'); `edgereid data info --strict` (strict=True) makes this an error",
                 DatasetWarning,
                 stacklevel=2,
             )

@@ -44,7 +44,7 @@ AspectRange = Annotated[tuple[_Aspect, _Aspect], AfterValidator(_ordered)]
 
 
 class _Op(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     p: Probability
     """The chance that a sample gets this augmentation; 0 turns it off."""
@@ -125,7 +125,7 @@ class CutoutConfig(_Op):
 class AugmentConfig(BaseModel):
     """Every training augmentation; the defaults are FastReID's bag of tricks (flip, pad + crop, erasing)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     flip: FlipConfig = Field(default_factory=FlipConfig)
     pad_crop: PadCropConfig = Field(default_factory=PadCropConfig)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgereid import __version__
-from edgereid.atomic import atomic_write_bytes, publish_directory
+from edgereid.atomic import atomic_write_bytes, publish_directory, remove_abandoned, staging_directory
 
 # The bundle format (constants, ExportBundle, load_bundle, sha256_file) lives below export and runtime alike, in
 # edgereid.bundle_format; the export's ONNX helpers in edgereid.export.common. Their names stay importable from here.
@@ -56,11 +56,15 @@ from edgereid.export.common import (
     embed_onnx,
 )
 from edgereid.export.options import ExportOptions, export_options
+from edgereid.locking import exclusive
 
 if TYPE_CHECKING:
     import torch
 
+    from edgereid.export.calibration import CalibrationPolicy
     from edgereid.recipes.schema import DataConfig
+
+logger = logging.getLogger(__name__)
 
 
 def check_precisions(precisions: Sequence[str]) -> list[str]:
@@ -128,42 +132,62 @@ def export_checkpoint(
     manifest. A quantization-aware trained checkpoint's INT8 models carry what it learned: no search. ``equalize``
     rescales the activations between convolutions before INT8 (:mod:`edgereid.export.equalize`); None leaves it to
     each target's default.
+
+    Exports into one destination take turns (an advisory lock beside it, ``edgereid.locking``); what a killed
+    export left there (its staging directory) is removed first.
     """
+    options = export_options(options, **keywords)
+    wanted = check_precisions(options.precisions)
+    check_opset(options.opset)
+    policy = _calibration_policy(options, wanted)
+    out_dir = Path(out_dir)
+    with exclusive(out_dir, "export destination"):
+        abandoned = remove_abandoned(out_dir)
+        if abandoned:
+            logger.warning("removed what an interrupted export left beside '%s': %s", out_dir,
+                           ", ".join(path.name for path in abandoned))
+        _check_destination(out_dir, overwrite)
+        return _export_into(checkpoint_path, out_dir, options, wanted, policy)
+
+
+def _calibration_policy(options: ExportOptions, wanted: list[str]) -> CalibrationPolicy | None:
+    """The INT8 calibration set's policy, its count and seed checked; None when no INT8 is wanted."""
+    if not any(precision.startswith("int8") for precision in wanted):
+        return None
+    from edgereid.export.calibration import MIN_CALIBRATION_IMAGES, load_calibration_policy
+    from edgereid.export.precision import check_calibration_method
+
+    check_calibration_method(options.calibration_method, [p for p in wanted if p.startswith("int8")])
+    if options.calibration_images is not None and options.calibration_images < MIN_CALIBRATION_IMAGES:
+        raise ConfigError(
+            f"--calibration-images {options.calibration_images} is too few to estimate activation ranges; give at "
+            f"least {MIN_CALIBRATION_IMAGES}"
+        )
+    if options.max_map_drop is not None and options.max_map_drop < 0:
+        raise ConfigError(f"--max-map-drop must be at least 0 mAP points, got {options.max_map_drop}")
+    if options.heldout_margin is not None and options.heldout_margin < 0:
+        raise ConfigError(f"the held-out margin must be at least 0 mAP points, got {options.heldout_margin}")
+    policy = load_calibration_policy(options.calibration_policy)
+    if options.calibration_seed is not None:
+        policy = policy.model_copy(update={"seed": options.calibration_seed})
+    return policy
+
+
+def _export_into(
+    checkpoint_path: str | Path, out_dir: Path, options: ExportOptions, wanted: list[str],
+    policy: CalibrationPolicy | None,
+) -> ExportBundle:
+    """The export itself, run while holding ``out_dir``'s lock: built in a staging directory, then published."""
     from edgereid.export.fold import check_folding
     from edgereid.export.onnx_export import export_onnx
     from edgereid.modeling.fold import fold_batchnorm_with_report
     from edgereid.training.checkpoint import load_checkpoint
     from edgereid.training.evaluate import build_model, build_reference_model
 
-    options = export_options(options, **keywords)
-    precisions, network, opset, verify = options.precisions, options.network, options.opset, options.verify
+    network, opset, verify = options.network, options.opset, options.verify
     data_root, max_images, calibration_method = options.data_root, options.max_images, options.calibration_method
-    calibration_images, calibration_seed = options.calibration_images, options.calibration_seed
-    calibration_policy, calibration_cache_dir = options.calibration_policy, options.calibration_cache_dir
+    calibration_images, calibration_cache_dir = options.calibration_images, options.calibration_cache_dir
     max_map_drop, equalize, heldout_margin = options.max_map_drop, options.equalize, options.heldout_margin
-    wanted = check_precisions(precisions)
-    check_opset(opset)
-    int8_wanted = [precision for precision in wanted if precision.startswith("int8")]
-    policy = None
-    if int8_wanted:
-        from edgereid.export.calibration import MIN_CALIBRATION_IMAGES, load_calibration_policy
-        from edgereid.export.precision import check_calibration_method
-
-        check_calibration_method(calibration_method, int8_wanted)
-        if calibration_images is not None and calibration_images < MIN_CALIBRATION_IMAGES:
-            raise ConfigError(
-                f"--calibration-images {calibration_images} is too few to estimate activation ranges; give at "
-                f"least {MIN_CALIBRATION_IMAGES}"
-            )
-        if max_map_drop is not None and max_map_drop < 0:
-            raise ConfigError(f"--max-map-drop must be at least 0 mAP points, got {max_map_drop}")
-        if heldout_margin is not None and heldout_margin < 0:
-            raise ConfigError(f"the held-out margin must be at least 0 mAP points, got {heldout_margin}")
-        policy = load_calibration_policy(calibration_policy)
-        if calibration_seed is not None:
-            policy = policy.model_copy(update={"seed": calibration_seed})
-    out_dir = Path(out_dir)
-    _check_destination(out_dir, overwrite)
     checkpoint = load_checkpoint(checkpoint_path)
     network_name, model_config, _ = checkpoint.network(network)
     model = build_reference_model(checkpoint, "cpu", network)
@@ -174,8 +198,7 @@ def export_checkpoint(
     fold_check = check_folding(model, folded, *_fold_check_images(checkpoint.recipe.data))
     data = checkpoint.recipe.data
     input_size = (int(data.size[0]), int(data.size[1]))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    built = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building.", dir=out_dir.parent))
+    built = staging_directory(out_dir)
     try:
         models: dict[str, dict[str, Any]] = {}
         fp32_path = built / model_file_name("fp32")

@@ -25,7 +25,7 @@ class ExportOptions(BaseModel):
     """How a checkpoint is exported (see ``export_checkpoint``); the destination (``out_dir``, ``overwrite``) is not
     part of it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     precisions: list[str] = Field(
         default_factory=lambda: ["fp32"], description="fp32 (always exported: the reference), fp16, int8, int8_cpu"

@@ -14,7 +14,7 @@ from edgereid.modeling.config import ModelConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SyntheticDataConfig(_Strict):

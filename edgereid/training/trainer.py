@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -36,6 +37,7 @@ from edgereid.data.sampler import PKSampler
 from edgereid.data.transforms import BatchAugment, EvalTransform
 from edgereid.errors import ConfigError, EdgeReIDError
 from edgereid.evaluation.features import evaluate_features
+from edgereid.locking import LockTimeoutError, exclusive
 from edgereid.modeling import ReIDModel, create_model
 from edgereid.recipes import Recipe, recipe_from_dict, recipe_to_yaml
 from edgereid.training.checkpoint import (
@@ -79,13 +81,15 @@ if TYPE_CHECKING:
 
 METRICS_FILE = "metrics.jsonl"
 RECIPE_FILE = "recipe.yaml"
+LAST_CHECKPOINT = "last.pt"
 
 
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
     epochs: int
-    iterations: int
+    iterations: int  # where the run stands: the iterations of every session of it
+    start_iteration: int  # where this session took it up (0 unless resumed)
     last_checkpoint: Path
     best_checkpoint: Path | None
     best_metrics: dict[str, Any] | None
@@ -108,15 +112,25 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def new_run_dir(output_dir: Path, name: str) -> Path:
-    """``train.output_dir`` with ``{name}`` filled in; a numbered sibling if it already holds a run."""
+def new_run_dir(output_dir: Path, name: str, held: ExitStack) -> Path:
+    """``train.output_dir`` with ``{name}`` filled in; a numbered sibling if it already holds a run or another run
+    is starting in it. The directory's lock is entered into ``held``, so it stays this run's while ``held`` is open."""
     base = Path(str(output_dir).replace("{name}", name))
     candidate, number = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
+    while True:
+        with ExitStack() as attempt:
+            try:
+                attempt.enter_context(exclusive(candidate, "training run", timeout=0))
+            except LockTimeoutError:
+                taken = True
+            else:
+                taken = candidate.exists() and any(candidate.iterdir())
+            if not taken:
+                candidate.mkdir(parents=True, exist_ok=True)
+                held.enter_context(attempt.pop_all())
+                return candidate
         number += 1
         candidate = base.with_name(f"{base.name}-{number}")
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
 
 
 def train(
@@ -155,7 +169,7 @@ def train(
 
 
 def _killed_before_first_checkpoint(run_dir: Path) -> bool:
-    return run_dir.is_dir() and (run_dir / RECIPE_FILE).is_file() and not (run_dir / "last.pt").exists()
+    return run_dir.is_dir() and (run_dir / RECIPE_FILE).is_file() and not (run_dir / LAST_CHECKPOINT).exists()
 
 
 def _recipe_for_resume(checkpoint: Checkpoint, recipe: Recipe | None) -> Recipe:
@@ -229,15 +243,25 @@ class _TrainingLoop:
         self.quantization: QuantizationState | None = None
 
     def run(self, show_progress: bool, console: Console) -> TrainResult:
-        recipe, context = self.recipe, self.context
+        """Train in the run directory, holding its lock: a second process cannot resume into a live run."""
         started = time.perf_counter()
+        with ExitStack() as run_lock:
+            self.run_dir = self._open_run_dir(console, run_lock)
+            try:
+                return self._train(show_progress, console, started)
+            except BaseException:
+                self._remove_unstarted_run()
+                raise
+
+    def _train(self, show_progress: bool, console: Console, started: float) -> TrainResult:
+        recipe, context = self.recipe, self.context
         torch.manual_seed(recipe.seed + context.rank)
-        self.run_dir = self._open_run_dir(console)
         data = self._load_data()
         self.classes = data.classes
         self._build_networks(data, console)
         self._build_optimization(data)
         start_epoch, iteration, best = self._restore()
+        start_iteration = iteration
         trained = self._trained_modules()
 
         self.batches = _endless(self.sampler)
@@ -277,7 +301,8 @@ class _TrainingLoop:
             run_dir=self.run_dir,
             epochs=recipe.solver.epochs,
             iterations=iteration,
-            last_checkpoint=self.run_dir / "last.pt",
+            start_iteration=start_iteration,
+            last_checkpoint=self.run_dir / LAST_CHECKPOINT,
             best_checkpoint=best_path if best_path.exists() else None,
             best_metrics=best,
             last_metrics=last_metrics,
@@ -286,18 +311,26 @@ class _TrainingLoop:
 
     # --- set-up -----------------------------------------------------------------------------------------------
 
-    def _open_run_dir(self, console: Console) -> Path:
+    def _open_run_dir(self, console: Console, run_lock: ExitStack) -> Path:
         recipe, context = self.recipe, self.context
-        if self.resumed is not None:
-            run_dir = self.resumed.path.parent
-        elif self.fixed_run_dir is not None:
-            run_dir = self.fixed_run_dir
+        if self.resumed is not None or self.fixed_run_dir is not None:
+            run_dir = self.resumed.path.parent if self.resumed is not None else Path(self.fixed_run_dir or "")
+            if context.is_main:
+                run_lock.enter_context(exclusive(run_dir, "training run", timeout=0))
         else:
-            run_dir = Path(context.broadcast(str(new_run_dir(recipe.train.output_dir, recipe.name)) if context.is_main else None))
+            fresh = str(new_run_dir(recipe.train.output_dir, recipe.name, run_lock)) if context.is_main else None
+            run_dir = Path(context.broadcast(fresh))
         if context.is_main:
             atomic_write_text(run_dir / RECIPE_FILE, recipe_to_yaml(recipe))
             console.print(f"[bold]run[/] {run_dir}  [dim]device {self.device}, {context.world_size} process(es)[/]")
         return run_dir
+
+    def _remove_unstarted_run(self) -> None:
+        """A new run that failed before its first checkpoint leaves nothing to resume: its directory goes, so the
+        next run of the recipe gets the name rather than a numbered sibling."""
+        fresh = self.resumed is None and self.fixed_run_dir is None
+        if fresh and self.context.is_main and not (self.run_dir / LAST_CHECKPOINT).exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _load_data(self) -> _TrainData:
         recipe, context = self.recipe, self.context
@@ -551,7 +584,7 @@ class _TrainingLoop:
         samplers = context.gather(self.sampler.state_dict())
         rngs = context.gather(rng)
         if context.is_main:
-            last = self.run_dir / "last.pt"
+            last = self.run_dir / LAST_CHECKPOINT
             save_checkpoint(
                 last,
                 recipe=self.recipe,
