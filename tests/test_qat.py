@@ -245,3 +245,31 @@ def test_residual_branch_ends_get_output_quantizers(backbone: str, expected: int
     if backbone == "mobilenetv2":
         # Blocks 3, 5, 6, 8-10, 12, 13, 15, 16 have a shortcut; block 2 (stride 2) has none.
         assert sorted(int(name.split(".")[2]) for name in ends) == [3, 5, 6, 8, 9, 10, 12, 13, 15, 16]
+
+
+def test_cpu_model_of_a_residual_qat_network_adds_in_int8(tmp_path: Path) -> None:
+    """MobileNetV2's shortcut additions read dequantized INT8 on both sides — ONNX Runtime fuses that into an INT8
+    addition — with no float-to-float Cast between a convolution and its addition (the torch export writes one after
+    each output quantizer) and no constant left unread."""
+    import onnx
+
+    from edgereid.export.calibration import CalibrationSet, load_calibration_policy
+    from edgereid.export.qat_export import quantize_qat_int8_cpu
+    from edgereid.modeling import create_model
+    from edgereid.modeling.config import ModelConfig
+    from edgereid.training.qat import quantize_model
+
+    model = create_model(ModelConfig.model_validate({"backbone": {"name": "mobilenetv2", "last_stride": 1}}), 4)
+    images = torch.randn(8, 3, 64, 32, generator=torch.Generator().manual_seed(0))
+    quantized = quantize_model(model.eval(), [images]).eval()
+    calibration = CalibrationSet(images.numpy(), [f"{i}.jpg" for i in range(8)], load_calibration_policy(), "0" * 64,
+                                 cache_hit=False, cache_file=tmp_path / "unused")
+    target = tmp_path / "model.int8_cpu.onnx"
+    quantize_qat_int8_cpu(quantized, target, (64, 32), calibration)
+    graph = onnx.load(str(target)).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    additions = [node for node in graph.node if node.op_type == "Add"]
+    assert len(additions) == 10 and all(name in dequantized for node in additions for name in node.input)
+    assert not [node for node in graph.node if node.op_type == "Cast"]
+    read = {name for node in graph.node for name in node.input}
+    assert all(item.name in read for item in graph.initializer)

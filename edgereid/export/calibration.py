@@ -41,7 +41,8 @@ _TEST_SPLITS = ("query", "gallery", "test")
 class CalibrationPolicy(BaseModel):
     """How the INT8 calibration set is drawn from the train split."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML has typed scalars, so `camera_balance: 0` or `images: 512.0` is a mistake to name, not coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str
     description: str = ""
@@ -115,11 +116,19 @@ def load_calibration_policy(name_or_path: str | Path | None = None) -> Calibrati
             )
         path = shipped
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"calibration policy '{path}' cannot be read ({type(error).__name__}: {error})") from None
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"calibration policy '{path}' cannot be read ({type(error).__name__}: {error.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"calibration policy '{path}' is not a policy: it is not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        # PyYAML's message spans lines (problem, then where): one line, as every edgereid error.
+        problem = " ".join(str(error).split())
+        raise ConfigError(f"calibration policy '{path}' is not valid YAML: {problem}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"calibration policy '{path}' must be a mapping of keys to values")
+        raise ConfigError(
+            f"calibration policy '{path}' must be a mapping of keys to values, not {type(raw).__name__}"
+        )
     raw.setdefault("name", path.stem)
     try:
         return CalibrationPolicy.model_validate(raw)

@@ -104,7 +104,10 @@ def quantize_qat_int8_cpu(
                 f"ONNX Runtime INT8 quantization of the QAT model for '{target}' failed ({type(error).__name__}: "
                 f"{error})"
             ) from error
-        target.write_bytes(output.read_bytes())
+        quantized = onnx.load(str(output))
+        # ONNX Runtime's quantizer removes the ReLUs it folds but leaves their Clip bounds behind.
+        _Graph(quantized).prune()
+        onnx.save(quantized, str(target))
     return {
         "quantizer": f"quantization-aware training, then onnxruntime {onnxruntime.__version__} quantize_static "
         "(QDQ, per-channel) with the learned ranges",
@@ -261,4 +264,22 @@ def _strip_quantization(proto: Any) -> dict[str, tuple[float, float]]:
         ranges[tensor] = (0.0 if graph.nonnegative(tensor) else -amax, amax)
         graph.rewire(node.output[0], tensor)
     graph.prune()
+    _drop_identity_casts(proto)
     return ranges
+
+
+def _drop_identity_casts(proto: Any) -> None:
+    """Casts of a tensor to its own type (the torch export writes a float-to-float Cast after each output quantizer):
+    between a convolution and its addition they would stop ONNX Runtime from fusing the two into INT8 kernels, and
+    its quantizer would requantize the tensor once more on each side of them."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {value.name: value.type.tensor_type.elem_type
+             for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    graph = _Graph(proto)
+    for node in [node for node in proto.graph.node if node.op_type == "Cast"]:
+        target = next(int(attribute.i) for attribute in node.attribute if attribute.name == "to")
+        if types.get(node.input[0]) == target and node.output[0] not in {o.name for o in proto.graph.output}:
+            graph.rewire(node.output[0], node.input[0])
+    graph.prune()

@@ -19,6 +19,7 @@ from edgereid.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 BASE_KEY = "_base_"
+_SHOWN_VALUE_CHARS = 80
 _ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
@@ -31,16 +32,31 @@ def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict
     if not path.is_file():
         raise ConfigError(f"recipe file '{path}' does not exist")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise ConfigError(f"recipe file '{path}' cannot be read ({type(error).__name__}: {error.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe file '{path}' is not a recipe: it is not UTF-8 text") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"recipe file '{path}' is not valid YAML: {error}") from None
+        raise ConfigError(f"recipe file '{path}' is not valid YAML: {_describe_yaml_error(error)}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"recipe file '{path}' must hold a mapping at the top level, not {type(content).__name__}")
     bases = content.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(
+            f"recipe file '{path}': {BASE_KEY} must be a recipe file name or a list of them, got {bases!r}"
+        )
     merged: dict[str, Any] = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         merged = deep_merge(merged, read_yaml_with_bases(path.parent / base, (*_seen, path)))
     return deep_merge(merged, content)
+
+
+def _describe_yaml_error(error: yaml.YAMLError) -> str:
+    """PyYAML's message (problem, then where it was found, over several lines) on one line."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,23 +116,32 @@ def validate(model: type[ModelT], content: Mapping[str, Any], source: str) -> Mo
 
 
 def describe_validation_error(error: ValidationError, model: type[BaseModel], source: str) -> str:
-    lines = [f"{source}: {error.error_count()} invalid value(s)"]
+    """One line: the source, then each invalid value's key path, what was wrong and the value given."""
+    problems = []
     for problem in error.errors():
         location = [str(part) for part in problem["loc"]]
         path = ".".join(location)
         if problem["type"] == "extra_forbidden":
             known = _field_names_at(model, location[:-1])
             close = difflib.get_close_matches(location[-1], known, n=1)
-            hint = f"; did you mean '{'.'.join([*location[:-1], close[0]])}'?" if close else ""
-            allowed = f" (allowed here: {', '.join(sorted(known))})" if known else ""
-            lines.append(f"  {path}: unknown key{hint}{allowed}")
+            hints = [f"did you mean '{'.'.join([*location[:-1], close[0]])}'?"] if close else []
+            if known:
+                hints.append(f"allowed here: {', '.join(sorted(known))}")
+            problems.append(f"{path}: unknown key" + (f" ({' '.join(hints)})" if hints else ""))
         else:
             given = problem.get("input")
-            shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
+            shown = "" if isinstance(given, (dict, list)) else f" (got {_shown(given)})"
             message = problem["msg"].removeprefix("Value error, ")
             # A check across several keys has no single location; its message names the keys itself.
-            lines.append(f"  {path}: {message}{shown}" if path else f"  {message}")
-    return "\n".join(lines)
+            problems.append(f"{path}: {message}{shown}" if path else message)
+    count = error.error_count()
+    return f"{source}: {count} invalid value{'s' if count > 1 else ''}: {'; '.join(problems)}"
+
+
+def _shown(value: object) -> str:
+    """A value as the message shows it: short enough to keep the error on one readable line."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_VALUE_CHARS else f"{text[:_SHOWN_VALUE_CHARS]}..."
 
 
 def _field_names_at(model: type[BaseModel], location: list[str]) -> list[str]:
