@@ -44,6 +44,8 @@ from edgereid.errors import ConfigError, DataError
 BUNDLE_FORMAT = "edgereid-bundle"
 BUNDLE_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# The sha256 of the manifest's own content (every other key), so a damaged manifest is refused like a damaged model.
+MANIFEST_CHECKSUM = "manifest_sha256"
 
 # "int8" is the TensorRT-target Q/DQ model (engines are built from it), "int8_cpu" the ONNX Runtime CPU model.
 Precision = Literal["fp32", "fp16", "int8", "int8_cpu"]
@@ -282,6 +284,8 @@ class BundleManifest(_Record):
     params: Count | None = None
     # How the bundle was exported (``edgereid.export.ExportOptions``), so that it can be exported again.
     export_options: dict[str, Any] | None = None
+    # Absent only in bundles written before manifests carried it (their content cannot be checked).
+    manifest_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleManifest:
@@ -558,7 +562,26 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             f"{BUNDLE_VERSION}"
         )
     validate_manifest(manifest, manifest_path)
+    recorded = manifest.get(MANIFEST_CHECKSUM)
+    if recorded is not None and recorded != _content_sha256(manifest):
+        raise DataError(
+            f"'{manifest_path}' does not match its {MANIFEST_CHECKSUM}: it was changed or damaged after it was "
+            "written; export the bundle again (edgereid export CHECKPOINT --out DIR --overwrite)"
+        )
     return manifest
+
+
+def manifest_text(manifest: Mapping[str, Any]) -> str:
+    """``manifest`` as the JSON text a bundle stores, with the checksum of its content (:data:`MANIFEST_CHECKSUM`)
+    computed anew: what every writer of a manifest writes."""
+    content = json.loads(json.dumps({k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}, default=str))
+    return json.dumps({**content, MANIFEST_CHECKSUM: _content_sha256(content)}, indent=2, sort_keys=True) + "\n"
+
+
+def _content_sha256(manifest: Mapping[str, Any]) -> str:
+    content = {key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def load_bundle(path: str | Path) -> ExportBundle:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgereid.bundle_format import MANIFEST_NAME
+from edgereid.bundle_format import MANIFEST_NAME, manifest_text
 from edgereid.data.synthetic import generate_synthetic
 from edgereid.export import ExportBundle, export_checkpoint
 from edgereid.modeling import create_model
@@ -87,5 +87,5 @@ def damaged_copy(bundle: Path, destination: Path, change: Callable[[dict[str, An
                 shutil.copy2(file, destination / file.name)
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     change(manifest)
-    (destination / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    (destination / MANIFEST_NAME).write_text(manifest_text(manifest))
     return destination

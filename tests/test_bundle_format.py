@@ -8,6 +8,7 @@ import ast
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from typing import Any
 import pytest
 
 from edgereid.bundle_format import (
+    MANIFEST_CHECKSUM,
     MANIFEST_NAME,
     BundleManifest,
     ExportBundle,
     load_bundle,
+    manifest_text,
     validate_manifest,
 )
 from edgereid.errors import DataError
@@ -139,6 +142,24 @@ def test_another_format_version_is_refused_before_the_schema(bundle: ExportBundl
     damaged = damaged_copy(bundle.path, tmp_path / "bundle", _set("format_version", value=2))
     with pytest.raises(DataError, match="has format version 2; this edgereid reads version 1"):
         load_bundle(damaged)
+
+
+def test_a_manifest_changed_after_it_was_written_is_refused(bundle: ExportBundle, tmp_path: Path) -> None:
+    """A change the schema cannot see (another data root, one digit of a recorded mAP) fails the manifest's
+    checksum of its own content, as a changed model fails its sha256."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    manifest_path = copy / MANIFEST_NAME
+    text = manifest_path.read_text()
+    assert json.loads(text)[MANIFEST_CHECKSUM] and load_bundle(copy).manifest == json.loads(text)
+    root = json.loads(text)["data"]["root"]
+    manifest_path.write_text(text.replace(json.dumps(root), json.dumps(root + "x"), 1))
+    with pytest.raises(DataError, match=r"manifest.json' does not match its manifest_sha256: it was changed"):
+        load_bundle(copy)
+    # Written again through the format's own writer, the same change is a valid manifest.
+    changed = json.loads(manifest_path.read_text())
+    manifest_path.write_text(manifest_text(changed))
+    assert load_bundle(copy).manifest["data"]["root"] == root + "x"
 
 
 def test_unknown_keys_are_kept_and_the_written_manifest_validates(bundle: ExportBundle, tmp_path: Path) -> None:

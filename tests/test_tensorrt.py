@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edgereid.bundle_format import manifest_text
 from edgereid.cli import _ReportingGroup
 from edgereid.cli.build import build_command
 from edgereid.errors import ConfigError, DataError, EdgeReIDError, ExportError
@@ -75,7 +76,7 @@ def add_fake_engine(bundle: Path, precision: str = "fp32", payload: bytes = b"no
     manifest.setdefault("engines", {})[precision] = engine_entry(
         file=file.name, sha256=sha256_file(file), bytes=len(payload)
     )
-    manifest_path.write_text(json.dumps(manifest))
+    manifest_path.write_text(manifest_text(manifest))
     return file
 
 
@@ -683,7 +684,7 @@ def test_build_engine_records_the_engine_and_round_trips_the_timing_cache(
     # A rebuild reads the cache it wrote; another precision's entry survives it.
     manifest = json.loads((bundle_copy / MANIFEST_NAME).read_text())
     manifest["engines"]["fp16"] = {**entry, "precision": "fp16"}
-    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (bundle_copy / MANIFEST_NAME).write_text(manifest_text(manifest))
     build_engine(bundle_copy, "fp32", batch=(2, 2, 2), timing_cache=cache, version_compatible=True)
     assert cache.read_bytes() == b"++"
     engines = json.loads((bundle_copy / MANIFEST_NAME).read_text())["engines"]
@@ -720,7 +721,7 @@ def test_build_engine_refuses_a_timing_cache_from_another_gpu(bundle_copy: Path,
 def test_build_engine_refuses_a_dla_core_the_gpu_does_not_have(bundle_copy: Path, fake_gpu: list[_FakeDevice]) -> None:
     manifest = json.loads((bundle_copy / MANIFEST_NAME).read_text())
     manifest["models"]["fp16"] = manifest["models"]["fp32"]
-    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (bundle_copy / MANIFEST_NAME).write_text(manifest_text(manifest))
     with pytest.raises(ConfigError, match="DLA core 0 does not exist: TensorRT 10.3.0.30 on Fake GPU has 0 DLA"):
         build_engine(bundle_copy, "fp16", dla_core=0, batch=(4, 4, 4))
 
@@ -760,7 +761,7 @@ def test_runner_refuses_an_engine_for_another_architecture_before_loading_it(
     build_engine(bundle_copy, "fp32")
     manifest = json.loads((bundle_copy / MANIFEST_NAME).read_text())
     manifest["engines"]["fp32"]["compute_capability"] = "7.2"
-    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (bundle_copy / MANIFEST_NAME).write_text(manifest_text(manifest))
     with pytest.raises(EngineCompatibilityError, match=r"built with TensorRT 10.3.0.30 on Fake GPU \(sm_72\)"):
         create_runner(bundle_copy, "tensorrt")
     assert fake_gpu[-1].closed
@@ -772,7 +773,7 @@ def test_runner_reports_what_tensorrt_logged_when_an_engine_does_not_load(
     add_fake_engine(bundle_copy, payload=b"garbage")
     manifest = json.loads((bundle_copy / MANIFEST_NAME).read_text())
     manifest["engines"]["fp32"]["gpu"] = "Fake GPU"
-    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (bundle_copy / MANIFEST_NAME).write_text(manifest_text(manifest))
     with pytest.raises(DataError, match="cannot load .*engine.fp32.plan': ERROR: .*magic tag does not match"):
         create_runner(bundle_copy, "tensorrt")
     assert fake_gpu[-1].closed
@@ -831,7 +832,7 @@ def _add_model(bundle: Path, precision: str, file: str) -> None:
     manifest["models"][precision] = {
         **manifest["models"]["fp32"], "file": file, "sha256": sha256_file(bundle / file),
     }
-    manifest_path.write_text(json.dumps(manifest))
+    manifest_path.write_text(manifest_text(manifest))
 
 
 @pytest.fixture
@@ -1360,7 +1361,7 @@ def test_engine_for_another_gpu_is_refused_before_loading(engine_bundle: ExportB
     copy = Path(shutil.copytree(engine_bundle.path, tmp_path / "bundle"))
     manifest = json.loads((copy / MANIFEST_NAME).read_text())
     manifest["engines"]["fp32"]["compute_capability"] = "5.3"
-    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (copy / MANIFEST_NAME).write_text(manifest_text(manifest))
     with pytest.raises(EngineCompatibilityError, match="sm_53"):
         create_runner(copy, "tensorrt", "fp32")
 

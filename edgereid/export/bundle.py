@@ -39,6 +39,7 @@ from edgereid.bundle_format import (
     ExportBundle,
     check_model_io,
     load_bundle,
+    manifest_text,
     model_file_name,
     sha256_file,
     validate_manifest,
@@ -303,7 +304,7 @@ def _export_into(
             manifest["verification"] = verify_bundle(
                 ExportBundle(built, manifest), data_root=data_root, max_images=max_images, model=model
             )
-        text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+        text = manifest_text(manifest)
         # What is written is what every reader will validate: a manifest the runtime would refuse is never published.
         validate_manifest(json.loads(text), built / MANIFEST_NAME)
         check_model_io(built, json.loads(text))

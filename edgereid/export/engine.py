@@ -37,6 +37,8 @@ from edgereid.bundle_format import (
     ExportBundle,
     engine_file_name,
     load_bundle,
+    manifest_text,
+    read_manifest,
     sha256_file,
     validate_manifest,
 )
@@ -49,6 +51,7 @@ from edgereid.export.dla import (
     no_dla_core_message,
     strip_qdq,
 )
+from edgereid.locking import exclusive
 
 # The TensorRT process state (its import, its one logger) and the engine compatibility rule are the runtime's
 # (edgereid.runtime.trt): the builder uses them from there, and they stay importable from here.
@@ -382,11 +385,12 @@ def _record_engine(bundle_path: Path, precision: str, entry: dict[str, Any]) -> 
     """Add ``entry`` to the manifest's engines. The manifest is read again here, not taken from the bundle loaded
     before the build, so that an engine another build recorded meanwhile is kept."""
     manifest_path = bundle_path / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text())
-    manifest.setdefault("engines", {})[precision] = entry
-    text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
-    validate_manifest(json.loads(text), manifest_path)  # an entry load_bundle would refuse is never written
-    atomic_write_text(manifest_path, text)
+    with exclusive(bundle_path, "bundle"):
+        manifest = read_manifest(bundle_path)
+        manifest.setdefault("engines", {})[precision] = entry
+        text = manifest_text(manifest)
+        validate_manifest(json.loads(text), manifest_path)  # an entry load_bundle would refuse is never written
+        atomic_write_text(manifest_path, text)
 
 
 __all__ = [
