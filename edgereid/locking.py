@@ -1,7 +1,8 @@
 """Writers of one file or directory exclude each other: an advisory lock (filelock, ``flock`` on POSIX) held for
 a whole read-modify-write, so two processes that update the same gallery, bundle destination or run directory
-take turns instead of overwriting each other's work. Readers take no lock: every write is atomic
-(``edgereid.atomic``), so a reader sees the old state or the new one, never half of either."""
+take turns instead of overwriting each other's work. The lock is re-entrant within a thread. Readers take no lock:
+files are replaced atomically (``edgereid.atomic``); a directory published by two renames can be caught between
+them, so a reader that finds one damaged reads it again under the lock (``Gallery.load``)."""
 
 from __future__ import annotations
 
@@ -55,9 +56,11 @@ def exclusive(target: str | Path, what: str, timeout: float | None = None) -> It
     target.parent.mkdir(parents=True, exist_ok=True)
     path = lock_path(target)
     wait = lock_timeout() if timeout is None else timeout
-    lock = FileLock(path, timeout=wait)
+    # One lock object per file in this process (filelock's singleton), counted: a process that holds a target's lock
+    # (a service that owns its gallery) can call code that takes it again; other threads and processes wait.
+    lock = FileLock(path, is_singleton=True)
     try:
-        lock.acquire()
+        lock.acquire(timeout=wait)
     except Timeout:
         waited = f", held for over {wait:g} s" if wait > 0 else ""
         remedy = f"wait for it to finish, or raise {TIMEOUT_ENVIRONMENT}" if timeout is None else "wait for it to finish"

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,3 +40,27 @@ def write_image(path: Path, color: tuple[int, int, int] = (120, 60, 30), size: t
 def write_images(directory: Path, names: list[str]) -> None:
     for index, name in enumerate(names):
         write_image(directory / name, color=(index * 7 % 256, 80, 160))
+
+
+_HOLD_LOCK = """
+import sys
+from edgereid.locking import exclusive
+with exclusive(sys.argv[1], "another writer"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def lock_held_elsewhere(target: Path) -> Iterator[None]:
+    """``target``'s write lock held by another process for the block, as a concurrent writer would hold it (this
+    process's own nested locks are re-entrant, so a lock taken here would not stand for another writer)."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(target)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)

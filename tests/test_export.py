@@ -31,11 +31,12 @@ from edgereid.export import (
     verify_bundle,
 )
 from edgereid.export.bundle import delta_interval_fields, more_queries_remedy
-from edgereid.locking import LockTimeoutError, exclusive
+from edgereid.locking import LockTimeoutError
 from edgereid.modeling import create_model
 from edgereid.modeling.config import ModelConfig
 from edgereid.modeling.layers.ibn import IBN
 from edgereid.training import evaluate_checkpoint
+from tests.conftest import lock_held_elsewhere
 from tests.factories import SIZE, make_checkpoint, randomise_norms
 
 HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
@@ -248,7 +249,7 @@ def test_exports_into_one_destination_take_turns(checkpoint: Path, tmp_path: Pat
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "bundle"
     monkeypatch.setenv("EDGEREID_LOCK_TIMEOUT", "0.2")
-    with exclusive(out, "another export"), pytest.raises(LockTimeoutError, match=r"'.*bundle' is being written by"):
+    with lock_held_elsewhere(out), pytest.raises(LockTimeoutError, match=r"'.*bundle' is being written by"):
         export_checkpoint(checkpoint, out)
     assert not out.exists()
 

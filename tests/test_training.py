@@ -93,15 +93,16 @@ def test_a_failed_run_leaves_no_directory_to_number_around(synthetic_root: Path,
 
 
 def test_a_live_run_cannot_be_resumed_or_reused_by_another(synthetic_root: Path, tmp_path: Path) -> None:
-    from edgereid.locking import LockTimeoutError, exclusive
+    from edgereid.locking import LockTimeoutError
+    from tests.conftest import lock_held_elsewhere
 
     recipe = tiny_recipe(synthetic_root, tmp_path, solver={"epochs": 1}, train={"eval_period": 5})
     run = train(recipe, show_progress=False).run_dir
-    with exclusive(run, "training run"):  # as the process training in it holds it
+    with lock_held_elsewhere(run):  # as the process training in it holds it
         with pytest.raises(LockTimeoutError, match=r"training run '.*tiny' is being written by another process"):
             train(resume=run, show_progress=False)
         # A new run that finds its name's directory empty but being set up elsewhere takes the next name.
-        with exclusive(tmp_path / "tiny-2", "training run"):
+        with lock_held_elsewhere(tmp_path / "tiny-2"):
             assert train(recipe, show_progress=False).run_dir.name == "tiny-3"
 
 

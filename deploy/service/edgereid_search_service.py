@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -242,10 +243,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 class SearchService:
-    """Embeds crops, searches and optionally enrolls them; owns the gallery and its periodic saves."""
+    """Embeds crops, searches and optionally enrolls them; owns the gallery and its periodic saves.
+
+    It holds the gallery's write lock while it runs: the gallery it saves is the one it loaded plus what it enrolled,
+    so another writer (`edgereid gallery add`) must wait for it to stop rather than be overwritten."""
 
     def __init__(self, args: argparse.Namespace, results: IO[str]) -> None:
         from edgereid.cli._output import parse_options
+        from edgereid.locking import exclusive
         from edgereid.runtime.embedder import Embedder
         from edgereid.runtime.gallery import Gallery
 
@@ -258,17 +263,21 @@ class SearchService:
             batch_size=args.batch_size,
             **parse_options(tuple(args.runner_options)),
         )
+        self.gallery_lock = ExitStack()
         try:
+            self.gallery_lock.enter_context(exclusive(args.gallery, "gallery"))
             if (args.gallery / "gallery.json").is_file() or not args.create_gallery:
                 self.gallery = Gallery.load(
                     args.gallery, model_id=self.embedder.model_id, dim=self.embedder.feature_dim
                 )
             else:
                 self.gallery = Gallery.create(
-                    self.embedder.feature_dim, self.embedder.model_id, args.index_factory
+                    self.embedder.feature_dim, self.embedder.model_id, args.index_factory,
+                    precision=self.embedder.precision,
                 )
                 LOG.info("created an empty %s gallery for %s", args.index_factory, args.gallery)
         except BaseException:
+            self.gallery_lock.close()
             self.embedder.close()
             raise
         self.dirty = False
@@ -393,6 +402,7 @@ class SearchService:
         try:
             self.maybe_save(force=True)
         finally:
+            self.gallery_lock.close()
             self.embedder.close()
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from edgereid.bundle_format import PRECISIONS
-from edgereid.cli._output import console, parse_options, print_json
+from edgereid.cli._output import console, error_console, parse_options, print_json
 from edgereid.errors import ConfigError, DataError
 from edgereid.runtime.runners import BACKENDS
 
@@ -69,9 +70,19 @@ def build_command(
         raise ConfigError(f"'{out_dir}' already exists; pass --overwrite to replace it")
     paths = collect_images(images)
     with _embedder(bundle, backend, precision, batch_size, options) as embedder:
-        built = Gallery.create(embedder.feature_dim, embedder.model_id, index_factory)
+        built = Gallery.create(
+            embedder.feature_dim, embedder.model_id, index_factory, precision=embedder.precision
+        )
+        needed = built.info()["min_training_vectors"]
+        if len(paths) < needed:
+            raise ConfigError(
+                f"--index {index_factory} needs at least {needed} images to train its index; got {len(paths)}: "
+                f"give at least {needed} images, or choose a smaller --index (fewer IVF lists or PQ centroids, "
+                "or Flat)"
+            )
         embed_images_into(built, embedder, paths)
-    built.save(out_dir)
+    # Under the gallery's write lock: a gallery another build or add wrote meanwhile is not replaced unasked.
+    built.save(out_dir, overwrite=overwrite)
     _show_info(built.info(), out_dir, as_json)
 
 
@@ -83,6 +94,8 @@ def build_command(
 @_precision
 @_batch_size
 @_runner_options
+@click.option("--allow-duplicates", is_flag=True,
+              help="Add images the gallery already holds (same file name and contents) again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new ids as JSON.")
 def add_command(
     index: Path,
@@ -92,20 +105,37 @@ def add_command(
     precision: str,
     batch_size: int,
     options: tuple[str, ...],
+    allow_duplicates: bool,
     as_json: bool,
 ) -> None:
-    """Embed IMAGES with BUNDLE's model (the one the gallery was built with) and add them to the gallery INDEX."""
-    from edgereid.runtime.gallery import Gallery, collect_images, embed_images_into
+    """Embed IMAGES with BUNDLE's model (the one the gallery was built with) and add them to the gallery INDEX.
+
+    Images the gallery already holds (same file name and contents) are left out, with a notice. Concurrent adds
+    and removes of one gallery take turns (EDGEREID_LOCK_TIMEOUT: seconds to wait, default 600)."""
+    from edgereid.runtime.gallery import add_images, collect_images
 
     paths = collect_images(images)
     with _embedder(bundle, backend, precision, batch_size, options) as embedder:
-        changed = Gallery.load(index, embedder.model_id, dim=embedder.feature_dim)
-        ids = embed_images_into(changed, embedder, paths)
-    changed.save(index)
+        added = add_images(index, embedder, paths, allow_duplicates=allow_duplicates)
     if as_json:
-        print_json({"added": ids.tolist(), "count": len(changed)})
+        print_json({
+            "added": added.ids.tolist(),
+            "already_present": [str(path) for path in added.already_present],
+            "count": added.count,
+        })
+    elif len(added.ids):
+        console.print(f"added {len(added.ids)} images to '{index}' (ids {added.ids[0]}…{added.ids[-1]}); "
+                      f"it holds {added.count}")
     else:
-        console.print(f"added {len(ids)} images to '{index}' (ids {ids[0]}…{ids[-1]}); it holds {len(changed)}")
+        console.print(f"added no images to '{index}'; it holds {added.count}")
+    if added.already_present:
+        example = escape(str(added.already_present[0]))
+        error_console.print(
+            f"[yellow]notice:[/] {len(added.already_present)} of {len(paths)} images are already in "
+            f"'{escape(str(index))}' (same file name and contents, e.g. '{example}') and were left out; pass "
+            "--allow-duplicates to add them again",
+            highlight=False, soft_wrap=True,
+        )
 
 
 @gallery.command("remove")
@@ -113,27 +143,13 @@ def add_command(
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--path", "paths", multiple=True, help="Remove the items added from this image path (repeatable).")
 def remove_command(index: Path, ids: tuple[int, ...], paths: tuple[str, ...]) -> None:
-    """Remove items from the gallery INDEX by id (or by --path)."""
-    from edgereid.runtime.gallery import Gallery
+    """Remove items from the gallery INDEX by id (or by --path); nothing is removed if one is not there."""
+    from edgereid.runtime.gallery import remove_items
 
     if not ids and not paths:
         raise ConfigError("name the items to remove: ids, or --path PATH")
-    changed = Gallery.load(index)
-    wanted = set(ids)
-    if paths:
-        by_path: dict[str, list[int]] = {}
-        for item_id, item in changed.items().items():
-            if item.path is not None:
-                by_path.setdefault(item.path, []).append(item_id)
-                by_path.setdefault(str(Path(item.path).resolve()), []).append(item_id)
-        for path in paths:
-            matched = by_path.get(path) or by_path.get(str(Path(path).resolve()))
-            if not matched:
-                raise DataError(f"gallery '{index}' has no item with the path '{path}'")
-            wanted.update(matched)
-    removed = changed.remove(sorted(wanted))
-    changed.save(index)
-    console.print(f"removed {removed} items from '{index}'; it holds {len(changed)}")
+    removed, remaining = remove_items(index, ids, paths)
+    console.print(f"removed {removed} items from '{index}'; it holds {remaining}")
 
 
 @gallery.command("info")
@@ -190,7 +206,7 @@ def search_command(
     """The --top-k most similar gallery items of each QUERY image (files or folders), embedded with BUNDLE."""
     from dataclasses import asdict
 
-    from edgereid.runtime.gallery import Gallery, collect_images, item_for_image
+    from edgereid.runtime.gallery import Gallery, check_embedder, collect_images, item_for_image
 
     paths = collect_images(queries)
     query_cameras = None
@@ -204,6 +220,7 @@ def search_command(
             )
     with _embedder(bundle, backend, precision, batch_size, options) as embedder:
         searched = Gallery.load(index, embedder.model_id, dim=embedder.feature_dim)
+        check_embedder(searched, embedder, searching=True)
         embeddings = embedder.embed_paths(paths)
     results = searched.search(
         embeddings,

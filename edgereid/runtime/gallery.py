@@ -12,17 +12,28 @@ the stored vectors. :meth:`Gallery.save` compacts on its own once tombstones rea
 index; fewer are saved with it, so a removal never costs a rebuild of a large graph.
 
 On disk a gallery is a directory: ``index.faiss``, ``items.jsonl`` (one item per line, in id order) and
-``gallery.json`` (format, version, dimension, model id, factory, counts, tombstones and the sha256 of both
-files), built beside the target and published in one rename, so a failed save leaves the previous gallery as it
-was.
+``gallery.json`` (format, version, dimension, model id, precision, factory, counts, tombstones and the sha256 of
+both files; the schema is :mod:`edgereid.gallery_format`), built beside the target and published by rename, so a
+failed save leaves the previous gallery as it was.
+
+Writers of one gallery take turns under its advisory lock (:func:`edgereid.locking.exclusive`):
+:func:`update_gallery` loads the gallery inside the lock, lets the caller change it and saves it before releasing,
+so concurrent writers never lose each other's items and never hand out one id twice; :func:`add_images` and
+:func:`remove_items` are built on it. :meth:`Gallery.save` takes the lock too, and refuses to overwrite a gallery
+that another writer changed after this one loaded it. Readers take no lock unless what they read looks damaged:
+then they read again under the lock, since a writer may have been replacing the files under them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import tempfile
-from collections.abc import Collection, Sequence
+import warnings
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,19 +43,25 @@ import faiss
 import numpy as np
 
 from edgereid.atomic import publish_directory
-from edgereid.bundle_format import sha256_file
-from edgereid.errors import ConfigError, DataError
+from edgereid.bundle_format import PRECISIONS, sha256_file
+from edgereid.errors import ConfigError, DataError, EdgeReIDError
 from edgereid.evaluation.distance import compute_distance
 from edgereid.evaluation.rerank import re_ranking
+from edgereid.gallery_format import (
+    FORMAT,
+    FORMAT_VERSION,
+    HEADER_FILE,
+    INDEX_FILE,
+    ITEMS_FILE,
+    GalleryHeader,
+    read_header,
+    read_items,
+)
+from edgereid.locking import exclusive, lock_path
 
 if TYPE_CHECKING:
     from edgereid.runtime.embedder import Embedder
 
-FORMAT = "edgereid.gallery"
-FORMAT_VERSION = 1
-HEADER_FILE = "gallery.json"
-INDEX_FILE = "index.faiss"
-ITEMS_FILE = "items.jsonl"
 # Tombstones beyond this fraction of the stored vectors make save() rebuild the index without them.
 COMPACT_FRACTION = 0.1
 # Embeddings are unit vectors; FP16/INT8 engines and float32 normalisation stay far inside this.
@@ -63,15 +80,31 @@ DEFAULT_NPROBE = 64
 RERANK_CANDIDATES = 100
 
 
+class StaleGalleryError(EdgeReIDError):
+    """A gallery was changed by another writer after this one loaded it: saving would undo that change."""
+
+    exit_code = 3
+
+
 @dataclass(frozen=True)
 class GalleryItem:
-    """What is known about one gallery image; every field is optional."""
+    """What is known about one gallery image; every field is optional. ``sha256`` is the image file's: with the
+    file name it tells an image already in the gallery (:func:`add_images`)."""
 
     identity: str | None = None
     camera: str | None = None
     path: str | None = None
     time: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a gallery was loaded from (resolved) and the revision it had then (``read_header``)."""
+
+    path: Path
+    revision: str
 
 
 @dataclass(frozen=True)
@@ -89,8 +122,8 @@ class Match:
 
 
 class Gallery:
-    """Embeddings of one model (``model_id``) with stable int64 ids and metadata; create with :meth:`create` or
-    :meth:`load`."""
+    """Embeddings of one model (``model_id``) at one precision (``precision``, None where unrecorded) with stable
+    int64 ids and metadata; create with :meth:`create` or :meth:`load`."""
 
     def __init__(
         self,
@@ -100,14 +133,18 @@ class Gallery:
         items: dict[int, GalleryItem],
         next_id: int,
         tombstones: set[int],
+        *,
+        precision: str | None = None,
     ) -> None:
         self._index = index
         self.model_id = model_id
+        self.precision = precision
         self.factory = factory
         self._items = items
         self._next_id = next_id
         self._tombstones = tombstones
         self._camera_ids: dict[str | None, np.ndarray] | None = None
+        self._origin: _Origin | None = None
 
     @classmethod
     def create(
@@ -116,11 +153,13 @@ class Gallery:
         model_id: str,
         index_factory: str = "Flat",
         *,
+        precision: str | None = None,
         ef_construction: int | None = None,
         ef_search: int | None = None,
         nprobe: int | None = None,
     ) -> Gallery:
-        """An empty gallery for ``dim``-d embeddings of the model ``model_id``.
+        """An empty gallery for ``dim``-d embeddings of the model ``model_id`` computed at ``precision`` (a bundle
+        precision: recorded so that embeddings of another precision are noticed, see :func:`check_embedder`).
 
         ``ef_construction`` (HNSW: candidates kept while linking a new vector, default ``DEFAULT_EF_CONSTRUCTION``;
         more builds slower and better),
@@ -131,15 +170,22 @@ class Gallery:
             raise ConfigError(f"gallery dim must be a positive integer; got {dim!r}")
         if not model_id:
             raise ConfigError("gallery model_id must be a non-empty string (the embedding model's sha256)")
+        if precision is not None and precision not in PRECISIONS:
+            raise ConfigError(
+                f"gallery precision {precision!r}: expected one of {', '.join(PRECISIONS)} or None"
+            )
         if "IDMap" in index_factory:
             raise ConfigError(f"index factory {index_factory!r}: leave out IDMap; the gallery adds its own id map")
         try:
-            inner = faiss.index_factory(int(dim), index_factory, faiss.METRIC_INNER_PRODUCT)
+            built = faiss.index_factory(int(dim), index_factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as error:
             raise ConfigError(
                 f"faiss cannot build the index factory string {index_factory!r} for dim {dim}: "
                 f"{_faiss_message(error)}; expected e.g. 'Flat', 'HNSW32', 'IVF4096,PQ64'"
             ) from None
+        # Through faiss's serialisation once, so that a new gallery holds the index class a loaded one holds (the
+        # factory's "Flat" is an IndexFlat with an inner-product metric, read back as an IndexFlatIP).
+        inner = faiss.deserialize_index(faiss.serialize_index(built))
         hnsw = _hnsw(inner)
         ivf = faiss.try_extract_index_ivf(inner)
         for name, value, applies in (
@@ -159,7 +205,7 @@ class Gallery:
             ivf.nprobe = min(int(ivf.nlist), DEFAULT_NPROBE) if nprobe is None else nprobe
             # Compaction and re-ranking read vectors back by position; ids inside the map stay sequential.
             ivf.make_direct_map()
-        return cls(faiss.IndexIDMap2(inner), model_id, index_factory, {}, 0, set())
+        return cls(faiss.IndexIDMap2(inner), model_id, index_factory, {}, 0, set(), precision=precision)
 
     # ----------------------------------------------------------------------------------------------------- state
     @property
@@ -195,6 +241,7 @@ class Gallery:
             "version": FORMAT_VERSION,
             "dim": self.dim,
             "model_id": self.model_id,
+            "precision": self.precision,
             "factory": self.factory,
             "index_type": type(inner).__name__,
             "count": len(self),
@@ -222,7 +269,8 @@ class Gallery:
         if len(data) < needed:
             raise DataError(
                 f"the {self.factory!r} index needs at least {needed} vectors to train; got {len(data)} "
-                "(add more embeddings at once, call train() with more, or use a smaller IVF/PQ setting)"
+                f"(give it at least {needed} in its first add, or use an index with fewer IVF lists or PQ "
+                "centroids)"
             )
         try:
             self._index.train(data)
@@ -364,15 +412,108 @@ class Gallery:
         return vectors
 
     # ----------------------------------------------------------------------------------------------- save/load
-    def save(self, path: str | Path, *, compact: bool | None = None) -> Path:
-        """Write the gallery directory at ``path`` (replacing one there only once the new one is complete).
+    def save(
+        self,
+        path: str | Path,
+        *,
+        compact: bool | None = None,
+        overwrite: bool = True,
+        timeout: float | None = None,
+    ) -> Path:
+        """Write the gallery directory at ``path`` (replacing one there only once the new one is complete), under
+        the gallery's write lock (waiting up to ``timeout`` seconds, default ``EDGEREID_LOCK_TIMEOUT`` or 600).
 
-        ``compact``: rebuild the index without tombstones first (default: when they are at least
+        A gallery loaded from ``path`` is saved only if nobody changed it there since (else
+        :class:`StaleGalleryError`: load it again and repeat the change, or make changes through
+        :func:`update_gallery`, which cannot lose them). ``overwrite=False`` refuses to replace any gallery at
+        ``path``. ``compact``: rebuild the index without tombstones first (default: when they are at least
         ``COMPACT_FRACTION`` of the stored vectors).
         """
         target = Path(path)
-        if target.exists() and not (target / HEADER_FILE).is_file():
-            raise ConfigError(f"'{target}' exists and is not a gallery (no {HEADER_FILE}); refusing to replace it")
+        with exclusive(target, "gallery", timeout):
+            if target.exists():
+                if not (target / HEADER_FILE).is_file():
+                    raise ConfigError(
+                        f"'{target}' exists and is not a gallery (no {HEADER_FILE}); refusing to replace it"
+                    )
+                if not overwrite:
+                    raise ConfigError(
+                        f"'{target}' already exists and overwrite is off; refusing to replace it (on the command "
+                        "line: --overwrite)"
+                    )
+            self._refuse_stale_save(target)
+            return self._write(target, compact)
+
+    @classmethod
+    def load(cls, path: str | Path, model_id: str | None = None, *, dim: int | None = None) -> Gallery:
+        """Read a gallery saved by :meth:`save`, checking its header against the schema, both files' sizes and
+        checksums, the index against the items, and (when given) that it holds embeddings of ``model_id`` with
+        ``dim`` dimensions. Whatever is wrong is one :class:`DataError` (or :class:`ConfigError`) line."""
+        root = Path(path)
+        try:
+            return cls._read(root, model_id, dim)
+        except DataError:
+            # What looks damaged may be a gallery a writer was replacing while this read it (its files are
+            # renamed into place one after another). Under the writers' lock it is whole; a gallery that never had
+            # a writer here (no lock file) is not read twice.
+            if not lock_path(root.absolute()).exists():
+                raise
+        with exclusive(root, "gallery"):
+            return cls._read(root, model_id, dim)
+
+    @classmethod
+    def _read(cls, root: Path, model_id: str | None, dim: int | None) -> Gallery:
+        header, revision = read_header(root)
+        header_path = root / HEADER_FILE
+        if model_id is not None and header.model_id != model_id:
+            raise ConfigError(
+                f"gallery '{root}' holds embeddings of model {header.model_id}, not of model {model_id}; "
+                "embeddings of different models are not comparable (rebuild the gallery with this model)"
+            )
+        if dim is not None and header.dim != dim:
+            raise ConfigError(
+                f"gallery '{root}' holds {header.dim}-d embeddings; expected {dim}-d (another model's gallery)"
+            )
+        for name, expected in header.files.items():
+            _check_file(root / name, expected.bytes, expected.sha256, header_path)
+        index_path = root / INDEX_FILE
+        try:
+            index = faiss.read_index(str(index_path))
+        except (RuntimeError, MemoryError) as error:
+            raise DataError(
+                f"'{index_path}' is not a faiss index ({_faiss_message(error)}); expected the IndexIDMap2 that "
+                f"'{header_path}' describes (rebuild the gallery)"
+            ) from None
+        if not isinstance(index, faiss.IndexIDMap2) or index.d != header.dim:
+            raise DataError(
+                f"'{index_path}' is a {type(index).__name__} of dim {index.d}; expected the IndexIDMap2 of "
+                f"dim {header.dim} that '{header_path}' describes"
+            )
+        items = _read_items(root / ITEMS_FILE)
+        _check_consistent(root, header, index, items)
+        gallery = cls(
+            index, header.model_id, header.factory, items, header.next_id, set(header.tombstones),
+            precision=header.precision,
+        )
+        gallery._origin = _Origin(root.resolve(), revision)
+        return gallery
+
+    def _refuse_stale_save(self, target: Path) -> None:
+        """Raise StaleGalleryError when this gallery was loaded from ``target`` and another writer has changed
+        ``target`` since (called under the lock)."""
+        if self._origin is None or self._origin.path != target.resolve():
+            return
+        header = target / HEADER_FILE
+        current = hashlib.sha256(header.read_bytes()).hexdigest() if header.is_file() else None
+        if current != self._origin.revision:
+            raise StaleGalleryError(
+                f"gallery '{target}' was changed by another writer after this copy was loaded from it; saving "
+                "would undo that change: load it again and repeat yours (edgereid.runtime.gallery.update_gallery "
+                "does this under the writers' lock)"
+            )
+
+    def _write(self, target: Path, compact: bool | None) -> Path:
+        """Write the gallery directory at ``target``; the caller holds the lock."""
         if compact is None:
             compact = len(self._tombstones) >= COMPACT_FRACTION * max(int(self._index.ntotal), 1)
         if compact:
@@ -384,12 +525,13 @@ class Gallery:
             with (staging / ITEMS_FILE).open("w", encoding="utf-8") as file:
                 for item_id in sorted(self._items):
                     file.write(json.dumps({"id": item_id, **asdict(self._items[item_id])}, sort_keys=True) + "\n")
-            header = {
+            header = GalleryHeader.model_validate({
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "dim": self.dim,
                 "model_id": self.model_id,
+                "precision": self.precision,
                 "factory": self.factory,
                 "count": len(self),
                 "next_id": self._next_id,
@@ -398,52 +540,15 @@ class Gallery:
                     name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
                     for name in (INDEX_FILE, ITEMS_FILE)
                 },
-            }
-            (staging / HEADER_FILE).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n", "utf-8")
+            })
+            data = (json.dumps(header.model_dump(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+            (staging / HEADER_FILE).write_bytes(data)
             publish_directory(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        self._origin = _Origin(target.resolve(), hashlib.sha256(data).hexdigest())
         return target
-
-    @classmethod
-    def load(cls, path: str | Path, model_id: str | None = None, *, dim: int | None = None) -> Gallery:
-        """Read a gallery saved by :meth:`save`, checking its format, both files' checksums, and (when given) that
-        it holds embeddings of ``model_id`` with ``dim`` dimensions."""
-        root = Path(path)
-        header = _read_header(root)
-        if model_id is not None and header["model_id"] != model_id:
-            raise ConfigError(
-                f"gallery '{root}' holds embeddings of model {header['model_id']}, not of model {model_id}; "
-                "embeddings of different models are not comparable (rebuild the gallery with this model)"
-            )
-        if dim is not None and header["dim"] != dim:
-            raise ConfigError(
-                f"gallery '{root}' holds {header['dim']}-d embeddings; expected {dim}-d (another model's gallery)"
-            )
-        for name, expected in header["files"].items():
-            file = root / name
-            if not file.is_file():
-                raise DataError(f"gallery file '{file}' is missing; the gallery is incomplete")
-            if sha256_file(file) != expected["sha256"]:
-                raise DataError(
-                    f"gallery file '{file}' does not match the sha256 in '{root / HEADER_FILE}'; it was changed or "
-                    "damaged after saving (rebuild the gallery)"
-                )
-        index = faiss.read_index(str(root / INDEX_FILE))
-        if not isinstance(index, faiss.IndexIDMap2) or index.d != header["dim"]:
-            raise DataError(
-                f"'{root / INDEX_FILE}' is a {type(index).__name__} of dim {index.d}; expected the IndexIDMap2 of "
-                f"dim {header['dim']} that '{root / HEADER_FILE}' describes"
-            )
-        items = _read_items(root / ITEMS_FILE)
-        tombstones = {int(i) for i in header["tombstones"]}
-        if len(items) != header["count"] or int(index.ntotal) != len(items) + len(tombstones):
-            raise DataError(
-                f"gallery '{root}' is inconsistent: {len(items)} items in {ITEMS_FILE}, {index.ntotal} vectors in "
-                f"{INDEX_FILE} with {len(tombstones)} tombstones, header count {header['count']}"
-            )
-        return cls(index, header["model_id"], header["factory"], items, int(header["next_id"]), tombstones)
 
     # ------------------------------------------------------------------------------------------------- helpers
     def _inner(self) -> Any:
@@ -554,6 +659,31 @@ class Gallery:
         return [Match(int(ids[i]), float(cosine[i]), self._items[int(ids[i])], float(distances[i])) for i in order]
 
 
+@contextmanager
+def update_gallery(
+    path: str | Path,
+    model_id: str | None = None,
+    *,
+    dim: int | None = None,
+    compact: bool | None = None,
+    timeout: float | None = None,
+) -> Iterator[Gallery]:
+    """The gallery at ``path``, loaded under its write lock, to change in the block; saved (``compact`` as in
+    :meth:`Gallery.save`) when the block ends without an exception, and the lock released after.
+
+    Every change made this way is a read-modify-write that no other writer can come between: concurrent writers
+    of one gallery take turns, lose none of each other's items and never hand out one id twice. The lock is waited
+    on for up to ``timeout`` seconds (default ``EDGEREID_LOCK_TIMEOUT`` or 600), then ``LockTimeoutError``.
+    ``model_id`` and ``dim`` are checked as by :meth:`Gallery.load`. Keep the block short (embed images before it):
+    other writers wait for it.
+    """
+    target = Path(path)
+    with exclusive(target, "gallery", timeout):
+        gallery = Gallery._read(target, model_id, dim)
+        yield gallery
+        gallery._write(target, compact)
+
+
 def _hnsw(index: Any) -> Any | None:
     """The HNSW graph of an HNSW index (also under a pre-transform), else None."""
     while isinstance(index, faiss.IndexPreTransform):
@@ -578,48 +708,75 @@ def _min_training_vectors(index: Any) -> int:
     return needed
 
 
-def _faiss_message(error: RuntimeError) -> str:
+def _faiss_message(error: Exception) -> str:
     """The useful line of a faiss C++ exception (its text also holds the source file and function)."""
-    text = str(error).strip()
+    text = str(error).strip() or type(error).__name__
     for line in text.splitlines():
         if "Error:" in line or "error" in line.lower():
-            return line.split("Error:", 1)[-1].strip(" '\"") or text
+            # "Error in <function> at <file>:<line>: Error: '<condition>' failed: <message>" → "<message>"
+            line = re.sub(r"^Error in .*? at \S+:\d+: ", "", line)
+            line = re.sub(r"^'.*?' failed: (?=\S)", "", line.split("Error:", 1)[-1].strip())
+            return line or text
     return text
 
 
-def _read_header(root: Path) -> dict[str, Any]:
-    header_path = root / HEADER_FILE
-    if not header_path.is_file():
-        raise DataError(f"'{root}' is not a gallery: {HEADER_FILE} is missing (make one with `edgereid gallery build`)")
+def _check_file(file: Path, size: int, sha256: str, header_path: Path) -> None:
+    if not file.is_file():
+        raise DataError(f"gallery file '{file}' is missing; the gallery is incomplete")
     try:
-        header = json.loads(header_path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"'{header_path}' is not valid JSON ({error}); the gallery is damaged") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise DataError(f"'{header_path}' is not an {FORMAT} header (format {header.get('format') if isinstance(header, dict) else None!r})")
-    if header.get("version") != FORMAT_VERSION:
+        actual_size = file.stat().st_size
+        actual_sha256 = sha256_file(file) if actual_size == size else None
+    except OSError as error:
+        raise DataError(f"gallery file '{file}' cannot be read ({type(error).__name__}: {error})") from None
+    if actual_size != size:
         raise DataError(
-            f"'{header_path}' has gallery format version {header.get('version')!r}; this edgereid reads version "
-            f"{FORMAT_VERSION}"
+            f"gallery file '{file}' holds {actual_size} bytes; '{header_path}' says {size} (truncated or changed "
+            "after saving: rebuild the gallery)"
         )
-    required = ("dim", "model_id", "factory", "count", "next_id", "tombstones", "files")
-    missing = [key for key in required if key not in header]
-    if missing or set(header["files"]) != {INDEX_FILE, ITEMS_FILE}:
-        raise DataError(f"'{header_path}' lacks {', '.join(missing) or 'the checksums of both files'}")
-    return header
+    if actual_sha256 != sha256:
+        raise DataError(
+            f"gallery file '{file}' does not match the sha256 in '{header_path}'; it was changed or damaged after "
+            "saving (rebuild the gallery)"
+        )
 
 
 def _read_items(path: Path) -> dict[int, GalleryItem]:
     items: dict[int, GalleryItem] = {}
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            try:
-                record = json.loads(line)
-                item_id = int(record.pop("id"))
-                items[item_id] = GalleryItem(**record)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                raise DataError(f"'{path}' line {number} is not a gallery item ({error})") from None
+    for number, record in enumerate(read_items(path), start=1):
+        if record.id in items:
+            raise DataError(
+                f"'{path}' line {number}: id {record.id} is on an earlier line too; expected unique ids"
+            )
+        items[record.id] = GalleryItem(
+            identity=record.identity, camera=record.camera, path=record.path, time=record.time,
+            extra=record.extra, sha256=record.sha256,
+        )
     return items
+
+
+def _check_consistent(
+    root: Path, header: GalleryHeader, index: faiss.IndexIDMap2, items: dict[int, GalleryItem]
+) -> None:
+    """The index's ids are exactly the items' and the tombstones', each once, all below ``next_id``."""
+    tombstones = set(header.tombstones)
+    if len(items) != header.count or int(index.ntotal) != len(items) + len(tombstones):
+        raise DataError(
+            f"gallery '{root}' is inconsistent: {len(items)} items in {ITEMS_FILE}, {index.ntotal} vectors in "
+            f"{INDEX_FILE} with {len(tombstones)} tombstones, header count {header.count}"
+        )
+    stored = np.sort(faiss.vector_to_array(index.id_map))
+    expected = np.sort(np.fromiter([*items, *tombstones], dtype=np.int64, count=len(items) + len(tombstones)))
+    if not np.array_equal(stored, expected):
+        differing = int(np.flatnonzero(stored != expected)[0])
+        raise DataError(
+            f"gallery '{root}' is inconsistent: {INDEX_FILE} holds id {int(stored[differing])} where {ITEMS_FILE} "
+            f"and the tombstones of {HEADER_FILE} expect id {int(expected[differing])}"
+        )
+    if stored.size and int(stored[-1]) >= header.next_id:
+        raise DataError(
+            f"'{root / HEADER_FILE}' has next_id {header.next_id}, but id {int(stored[-1])} is in use; expected a "
+            "next_id above every id, so that no id is handed out twice"
+        )
 
 
 # ------------------------------------------------------------------------------------------ galleries of image files
@@ -654,18 +811,132 @@ def item_for_image(path: Path) -> GalleryItem:
         if parsed is not None:
             identity, camera = str(parsed[0]), str(parsed[1] + pattern.camera_offset)
             break
-    return GalleryItem(identity=identity, camera=camera, path=str(path), time=path.stat().st_mtime)
+    try:
+        modified, sha256 = path.stat().st_mtime, sha256_file(path)
+    except OSError as error:
+        raise DataError(f"image '{path}' cannot be read ({type(error).__name__}: {error})") from None
+    return GalleryItem(identity=identity, camera=camera, path=str(path), time=modified, sha256=sha256)
 
 
 def embed_images_into(gallery: Gallery, embedder: Embedder, images: Sequence[Path]) -> np.ndarray:
     """Embed ``images`` with ``embedder`` and add them, with metadata from their names and files; refuses
-    an embedder of another model or embedding size. Returns the new ids."""
+    an embedder of another model, embedding size or precision. Returns the new ids."""
     check_embedder(gallery, embedder)
     embeddings = embedder.embed_paths(list(images))
     return gallery.add(embeddings, [item_for_image(path) for path in images])
 
 
-def check_embedder(gallery: Gallery, embedder: Embedder) -> None:
+@dataclass(frozen=True)
+class AddedImages:
+    """What :func:`add_images` did: the new ids (in the order of the images added), the images it left out because
+    the gallery already held them, and how many items the gallery holds now."""
+
+    ids: np.ndarray
+    already_present: list[Path]
+    count: int
+
+
+def add_images(
+    path: str | Path,
+    embedder: Embedder,
+    images: Sequence[Path],
+    *,
+    allow_duplicates: bool = False,
+    timeout: float | None = None,
+) -> AddedImages:
+    """Embed ``images`` with ``embedder`` and add them to the gallery at ``path`` (:func:`update_gallery`: safe
+    beside other writers; embedding happens before the lock is taken).
+
+    An image whose file name and contents (sha256) match an item already in the gallery, or an earlier image of
+    ``images``, is left out and reported in ``already_present``, unless ``allow_duplicates``.
+    """
+    target = Path(path)
+    # Unlocked first look: a wrong bundle or a gallery that already holds every image fails or returns before
+    # anything is embedded.
+    current = Gallery.load(target, embedder.model_id, dim=embedder.feature_dim)
+    check_embedder(current, embedder)
+    candidates = [item_for_image(image) for image in images]
+    keep = list(range(len(candidates))) if allow_duplicates else _new_images(current, candidates)
+    if not keep:
+        return AddedImages(np.empty(0, dtype=np.int64), list(images), len(current))
+    needed = _min_training_vectors(current._inner())
+    if len(keep) < needed:
+        raise DataError(
+            f"gallery '{target}' has an untrained {current.factory!r} index, which needs at least {needed} "
+            f"images in its first addition; got {len(keep)}: add at least {needed} images at once"
+        )
+    embeddings = embedder.embed_paths([images[position] for position in keep])
+    with update_gallery(target, embedder.model_id, dim=embedder.feature_dim, timeout=timeout) as gallery:
+        check_embedder(gallery, embedder)
+        # Another writer may have added some of these images while they were being embedded.
+        still_new = keep if allow_duplicates else _new_images(gallery, candidates, among=keep)
+        row_of = {position: row for row, position in enumerate(keep)}
+        rows = [row_of[position] for position in still_new]
+        ids = (
+            gallery.add(embeddings[rows], [candidates[position] for position in still_new])
+            if still_new else np.empty(0, dtype=np.int64)
+        )
+        count = len(gallery)
+    left_out = sorted(set(range(len(images))) - set(still_new))
+    return AddedImages(ids, [images[position] for position in left_out], count)
+
+
+def _new_images(
+    gallery: Gallery, candidates: Sequence[GalleryItem], among: Sequence[int] | None = None
+) -> list[int]:
+    """Positions (of ``among``, default all) of the candidates whose file name and sha256 match no gallery item
+    and no earlier candidate. The directory is left out: the same file named through another relative path or
+    another mount is still the same image."""
+
+    def key(item: GalleryItem) -> tuple[str, str] | None:
+        return None if item.path is None or item.sha256 is None else (Path(item.path).name, item.sha256)
+
+    seen = {key(item) for item in gallery.items().values()} - {None}
+    fresh = []
+    for position in range(len(candidates)) if among is None else among:
+        candidate_key = key(candidates[position])
+        if candidate_key not in seen:
+            fresh.append(position)
+            seen.add(candidate_key)
+    return fresh
+
+
+def remove_items(
+    path: str | Path,
+    ids: Collection[int] = (),
+    image_paths: Collection[str] = (),
+    *,
+    timeout: float | None = None,
+) -> tuple[int, int]:
+    """Remove the items ``ids`` and the items added from ``image_paths`` (as given when added, or resolving to the
+    same file) from the gallery at ``path`` (:func:`update_gallery`: safe beside other writers); nothing is
+    removed if any of them is not in the gallery. Returns how many items were removed and how many remain."""
+    target = Path(path)
+    with update_gallery(target, timeout=timeout) as gallery:
+        wanted = set(ids)
+        if image_paths:
+            by_path: dict[str, list[int]] = {}
+            for item_id, item in gallery.items().items():
+                if item.path is not None:
+                    by_path.setdefault(item.path, []).append(item_id)
+                    by_path.setdefault(str(Path(item.path).resolve()), []).append(item_id)
+            for image_path in image_paths:
+                matched = by_path.get(image_path) or by_path.get(str(Path(image_path).resolve()))
+                if not matched:
+                    raise DataError(f"gallery '{target}' has no item with the path '{image_path}'")
+                wanted.update(matched)
+        removed = gallery.remove(sorted(wanted))
+        remaining = len(gallery)
+    return removed, remaining
+
+
+def check_embedder(gallery: Gallery, embedder: Embedder, *, searching: bool = False) -> None:
+    """Refuse an embedder whose embeddings the gallery's cannot be compared with: another model, another size.
+
+    Another precision than the gallery's (where recorded) gives embeddings close to, not equal to, the gallery's:
+    adding them is refused (one gallery holds one kind of embedding); ``searching`` with them is allowed with a
+    warning, since cross-precision retrieval is what no verification measured.
+    """
     if embedder.model_id != gallery.model_id:
         raise ConfigError(
             f"the gallery holds embeddings of model {gallery.model_id}, but the bundle's model is "
@@ -676,3 +947,19 @@ def check_embedder(gallery: Gallery, embedder: Embedder) -> None:
         raise ConfigError(
             f"the bundle's model gives {embedder.feature_dim}-d embeddings; the gallery holds {gallery.dim}-d ones"
         )
+    if gallery.precision is None or embedder.precision == gallery.precision:
+        return
+    message = (
+        f"the gallery holds {gallery.precision} embeddings of this model, the embedder computes "
+        f"{embedder.precision} ones, which differ from them slightly"
+    )
+    if not searching:
+        raise ConfigError(
+            f"{message}; one gallery holds embeddings of one precision: embed at {gallery.precision} "
+            f"(--precision {gallery.precision}), or rebuild the gallery at {embedder.precision}"
+        )
+    warnings.warn(
+        f"{message}: scores and ranks are not those of either precision alone, and no verification measured them "
+        f"(search with --precision {gallery.precision} for the gallery's own)",
+        stacklevel=2,
+    )
