@@ -550,8 +550,18 @@ def test_both_targets_share_one_calibration_set(checkpoint: Path, cache_dir: Pat
     assert trt["calibration"]["method"] == cpu["calibration"]["method"] == "max"
     # Equalization is each target's own default (it helped the CPU scheme and hurt TensorRT's where measured).
     assert trt["equalization"] is None and cpu["equalization"]["pairs"]
+    # Bias correction is the TensorRT target's default (it helped there and did nothing measurable on the CPU's).
+    assert trt["bias_correction"]["weight_levels"] == 127 and cpu["bias_correction"] is None
     # TensorRT's Q/DQ is symmetric int8 throughout; the CPU model's activations are uint8.
     trt_model = onnx.load(str(bundle.model_path("int8")))
     zero_points = {t.name: t for t in trt_model.graph.initializer}
     assert {zero_points[node.input[2]].data_type for node in trt_model.graph.node
             if node.op_type == "QuantizeLinear"} == {onnx.TensorProto.INT8}
+    # Around the INT8 layers the TensorRT model computes in float16 (a strongly typed engine runs the graph's types),
+    # behind the bundle's float32 interface; ONNX Runtime verified this very graph.
+    assert trt["high_precision_dtype"] == "fp16"
+    scales = {zero_points[node.input[1]].data_type for node in trt_model.graph.node if node.op_type == "QuantizeLinear"}
+    assert scales == {onnx.TensorProto.FLOAT16}
+    interface = [*trt_model.graph.input, *trt_model.graph.output]
+    assert {value.type.tensor_type.elem_type for value in interface} == {onnx.TensorProto.FLOAT}
+    assert bundle.manifest["parity_random_input"]["int8"]["cosine_min"] > 0.9  # ONNX Runtime ran it

@@ -132,7 +132,8 @@ def export_checkpoint(
     (:mod:`edgereid.export.sensitivity`); the budget is also the INT8 verification tolerance recorded in the
     manifest. A quantization-aware trained checkpoint's INT8 models carry what it learned: no search. ``equalize``
     rescales the activations between convolutions before INT8 (:mod:`edgereid.export.equalize`); None leaves it to
-    each target's default.
+    each target's default. ``bias_correction`` (TensorRT target; None: on) corrects each quantized convolution's
+    bias for its weight rounding (:mod:`edgereid.export.bias_correction`).
 
     Exports into one destination take turns (an advisory lock beside it, ``edgereid.locking``); what a killed
     export left there (its staging directory) is removed first.
@@ -231,6 +232,7 @@ def _export_into(
                     extra[precision] = quantize_within_budget(
                         precision, fp32_path, target, calibration, train, data, method=calibration_method,
                         max_map_drop=max_map_drop, flip=checkpoint.recipe.train.flip_test, equalize=equalize,
+                        correct_bias=options.bias_correction if precision == "int8" else None,
                         margin=heldout_margin,
                         qat_hint=qat_suggestion(checkpoint.path, checkpoint.recipe.name, network),
                     )

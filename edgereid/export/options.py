@@ -44,6 +44,9 @@ class ExportOptions(BaseModel):
         DEFAULT_MAX_MAP_DROP, description="post-training INT8 budget in mAP points (None: plain PTQ, no search)"
     )
     equalize: bool | None = Field(None, description="activation equalization before INT8 (None: the target's default)")
+    bias_correction: bool | None = Field(
+        None, description="correct biases for weight rounding in the TensorRT INT8 model (None: its default, on)"
+    )
     heldout_margin: float | None = Field(None, description="the held-out margin in mAP points (None: the default)")
 
     @field_validator("precisions", mode="before")

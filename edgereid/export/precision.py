@@ -4,8 +4,13 @@
   not change with its precision).
 - INT8, two targets from one calibration set (drawn from the TRAIN split only, :mod:`edgereid.export.calibration`):
   - ``int8`` (target ``trt``): nvidia-modelopt's ONNX post-training quantization, explicit symmetric Q/DQ placed
-    where TensorRT fuses them; float32 weights with their scales beside them, TensorRT builds the INT8 kernels.
-    On ONNX Runtime's CPU provider this graph runs slower than FP32 (its Q/DQ pairs are not fused there).
+    where TensorRT fuses them; each float32 weight behind its own QuantizeLinear/DequantizeLinear pair with per-channel
+    scales (what modelopt writes without ``dq_only``), which TensorRT folds into INT8 weights when it builds. The
+    layers left unquantized (and the graph around the INT8 ones) are float16, modelopt's ``high_precision_dtype``:
+    a strongly typed TensorRT engine runs exactly the types of its ONNX graph, and INT8 + FP16 is faster there than
+    INT8 + FP32. ONNX Runtime executes the same float16 graph for verification, so what is verified is what is
+    deployed (docs/BENCHMARKS.md, "INT8 for TensorRT: float32 or float16 around the INT8 layers"). On ONNX
+    Runtime's CPU provider this graph runs slower than FP32 (its Q/DQ pairs are not fused there).
   - ``int8_cpu`` (target ``cpu``): ONNX Runtime's static quantization, QDQ format with per-channel int8 weights and
     uint8 activations, the form ONNX Runtime's CPU kernels fuse into integer convolutions.
 """
@@ -40,10 +45,14 @@ from edgereid.export.calibration import (
 from edgereid.recipes.schema import DataConfig
 
 if TYPE_CHECKING:
+    from onnxruntime.quantization import CalibrationMethod
+
     from edgereid.data.records import ImageRecord
 
 # Precision key → quantization target: the TensorRT Q/DQ model and the ONNX Runtime CPU model.
 INT8_PRECISIONS = {"int8": "trt", "int8_cpu": "cpu"}
+# What the TensorRT-target INT8 model computes its non-INT8 layers in (recorded in the manifest).
+TENSORRT_HIGH_PRECISION = "fp16"
 TARGETS = {"trt": ("int8",), "cpu": ("int8_cpu",), "both": ("int8", "int8_cpu")}
 CALIBRATION_METHODS = ("entropy", "max", "percentile")
 DEFAULT_CALIBRATION_METHOD = "entropy"
@@ -52,6 +61,10 @@ _MODELOPT_METHODS = ("entropy", "max")
 # The op types whose weights are quantized: the layers that can be kept in float to buy accuracy back.
 QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _CALIBRATION_BATCH = 32
+# Part of the tensor ranges cache's key: bumped when its layout changes, so an older cache is never read.
+_RANGES_CACHE_FORMAT = 2
+_ORT_CALIBRATION_METHOD_NAMES = {"entropy": "Entropy", "max": "MinMax", "percentile": "Percentile"}
+logger = logging.getLogger(__name__)
 
 
 def _require(module: str, package: str, precision: str) -> None:
@@ -149,7 +162,7 @@ def quantize_int8(
                     calibration_eps=["cpu"],
                     # modelopt's node filters are regular expressions: match each excluded name exactly.
                     nodes_to_exclude=[f"^{re.escape(name)}$" for name in exclude] or None,
-                    high_precision_dtype="fp32",
+                    high_precision_dtype=TENSORRT_HIGH_PRECISION,
                     output_path=str(output),
                     log_level="ERROR",
                 )
@@ -170,6 +183,7 @@ def quantize_int8(
     return {
         "quantizer": f"nvidia-modelopt {modelopt.__version__} onnx int8 (Q/DQ)",
         "target": "trt",
+        "high_precision_dtype": TENSORRT_HIGH_PRECISION,
         "calibration": {**calibration.record(), "method": method},
     }
 
@@ -261,28 +275,72 @@ class OrtQuantizer:
         self.candidates = {node.name: node.op_type for node in graph.node if node.op_type in QUANTIZED_OP_TYPES}
         source_digest = hashlib.sha256(self.source.read_bytes()).hexdigest()
         key = hashlib.sha256(
-            json.dumps([source_digest, calibration.data_sha256, method, symmetric]).encode()
+            json.dumps([_RANGES_CACHE_FORMAT, source_digest, calibration.data_sha256, method, symmetric]).encode()
         ).hexdigest()[:32]
         self.ranges_cache = calibration.cache_file.with_name(f"{calibration.cache_file.stem}-ranges-{key}.json")
-        self.ranges_cache_hit = self.ranges_cache.is_file()
+        self.ranges = self._cached_ranges()
+        self.ranges_cache_hit = self.ranges is not None
+
+    def _cached_ranges(self) -> dict[str, Any] | None:
+        """The tensor ranges of the cache, checked; None when there are none yet or (with a warning naming the file)
+        when they are damaged: a cache is disposable, so calibrating again beats quantizing with wrong ranges."""
+        problem: str | None
+        try:
+            content = json.loads(self.ranges_cache.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            problem = f"it is not readable JSON: {error}"
+        else:
+            problem = self._ranges_problem(content)
+        if problem is None:
+            ranges: dict[str, Any] = content["ranges"]
+            return ranges
+        logger.warning("tensor ranges cache %s cannot be used (%s); calibrating again", self.ranges_cache, problem)
+        return None
+
+    def _ranges_problem(self, content: Any) -> str | None:
+        """What makes ``content`` other than the checksummed, finite ranges of this quantizer's method; None if
+        nothing does."""
+        from onnxruntime.quantization.calibrate import TensorsData
+
+        if not isinstance(content, dict) or not isinstance(content.get("ranges"), dict):
+            return "expected a JSON object with the tensor ranges under 'ranges'"
+        if content.get("sha256") != _ranges_digest(content["ranges"]):
+            return "its ranges do not match the sha256 recorded beside them: the file was changed"
+        try:
+            tensors = TensorsData.from_dict(content["ranges"])
+            bounds = [(np.asarray(tensor.lowest), np.asarray(tensor.highest)) for tensor in tensors.values()]
+        except (LookupError, TypeError, ValueError, AttributeError) as error:
+            return f"its ranges are not ONNX Runtime's tensor ranges ({type(error).__name__}: {error})"
+        if tensors.calibration_method != _ort_calibration_method(self.method):
+            return f"its ranges were calibrated with {tensors.calibration_method}, expected {self.method}"
+        if not bounds or not all(
+            np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low <= high) for low, high in bounds
+        ):
+            return "expected a finite lowest <= highest for every tensor"
+        return None
 
     def quantize(
         self, target: Path, *, exclude: Sequence[str] = (), only: Sequence[str] | None = None
     ) -> dict[str, Any]:
         """Write the quantized model to ``target``: every candidate layer but ``exclude``, or ``only`` those."""
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-        methods = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
-                   "percentile": CalibrationMethod.Percentile}
         extra_options: dict[str, Any] = {}
         if self.symmetric:
             extra_options.update(ActivationSymmetric=True, WeightSymmetric=True)
-        self.ranges_cache.parent.mkdir(parents=True, exist_ok=True)
+        filtered = bool(exclude) or only is not None
         with tempfile.TemporaryDirectory(prefix="edgereid-int8-cpu-") as scratch:
             output = Path(scratch) / "model.onnx"
-            if (exclude or only is not None) and not self.ranges_cache.is_file():
+            if filtered and self.ranges is None:
                 # A filtered run calibrates only its own tensors; cache the ranges of every layer first.
                 self.quantize(output)
+            # ONNX Runtime reads the ranges from a file when it exists and writes them there when it does not: a
+            # scratch copy of the checked ones, so it never reads the cache unchecked.
+            ranges_file = Path(scratch) / "ranges.json"
+            if self.ranges is not None:
+                ranges_file.write_text(json.dumps(self.ranges))
             quiet = io.StringIO()
             try:
                 with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
@@ -298,15 +356,19 @@ class OrtQuantizer:
                         op_types_to_quantize=list(QUANTIZED_OP_TYPES) if only is None else None,
                         nodes_to_quantize=list(only) if only is not None else None,
                         nodes_to_exclude=list(exclude) or None,
-                        calibrate_method=methods[self.method],
+                        calibrate_method=_ort_calibration_method(self.method),
                         extra_options=extra_options,
-                        calibration_cache_path=str(self.ranges_cache),
+                        calibration_cache_path=str(ranges_file),
                     )
             except Exception as error:
                 raise ExportError(
                     f"ONNX Runtime INT8 quantization of '{self.source.name}' failed ({type(error).__name__}: "
                     f"{error}); its output: {quiet.getvalue()[-2000:]}"
                 ) from error
+            if self.ranges is None and not filtered:
+                self.ranges = json.loads(ranges_file.read_text())
+                ranges = {"ranges": self.ranges, "sha256": _ranges_digest(self.ranges)}
+                atomic_write_bytes(json.dumps(ranges).encode(), self.ranges_cache)
             atomic_write_bytes(output.read_bytes(), target)
         import onnxruntime
 
@@ -320,6 +382,17 @@ class OrtQuantizer:
                 **self.calibration.record(), "method": self.method, "ranges_cache_hit": self.ranges_cache_hit,
             },
         }
+
+
+def _ort_calibration_method(method: str) -> CalibrationMethod:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return CalibrationMethod[_ORT_CALIBRATION_METHOD_NAMES[method]]
+
+
+def _ranges_digest(ranges: dict[str, Any]) -> str:
+    """sha256 of the ranges' canonical JSON: the same for the ranges ONNX Runtime wrote and those read back."""
+    return hashlib.sha256(json.dumps(ranges, sort_keys=True).encode()).hexdigest()
 
 
 def quantize_int8_cpu(

@@ -37,7 +37,8 @@ import numpy as np
 
 from edgereid.data.holdout import split_first_per_key
 from edgereid.data.records import ImageRecord
-from edgereid.errors import DataError, ExportError
+from edgereid.errors import ConfigError, DataError, ExportError
+from edgereid.export.bias_correction import CORRECT_BY_DEFAULT, FULL_RANGE_LEVELS, BiasCorrection
 from edgereid.export.calibration import CalibrationSet, select_heldout_records
 from edgereid.export.common import (
     ORT_DISABLED_OPTIMIZERS,
@@ -176,7 +177,7 @@ class Int8Candidates:
 
     def __init__(
         self, precision: str, fp32_path: Path, calibration: CalibrationSet, scratch: Path, *, method: str,
-        equalize: bool | None = None,
+        equalize: bool | None = None, correct_bias: bool | None = None,
     ) -> None:
         if precision not in INT8_PRECISIONS:
             raise ExportError(f"{precision!r} is not an INT8 precision; expected one of {', '.join(INT8_PRECISIONS)}")
@@ -187,6 +188,14 @@ class Int8Candidates:
         if EQUALIZE_BY_DEFAULT[precision] if equalize is None else equalize:
             self.source = scratch / "equalized.onnx"
             self.equalization = equalize_activations(fp32_path, self.source, calibration.images)
+        self.bias_correction: BiasCorrection | None = None
+        if CORRECT_BY_DEFAULT[precision] if correct_bias is None else correct_bias:
+            if self.cpu:
+                raise ConfigError(
+                    "bias correction is for the TensorRT target (int8) only: ONNX Runtime's CPU scheme gained nothing "
+                    "measurable from it (docs/BENCHMARKS.md, 'Bias correction'); drop --bias-correction for int8_cpu"
+                )
+            self.bias_correction = BiasCorrection(self.source, calibration.images, levels=FULL_RANGE_LEVELS)
         self._quantizer: OrtQuantizer | None = None
 
     def sensitivity_quantizer(self) -> OrtQuantizer:
@@ -200,7 +209,12 @@ class Int8Candidates:
         """The model with every quantizable layer in INT8 but ``exclude`` written to ``target``."""
         if self.cpu:
             return self.sensitivity_quantizer().quantize(target, exclude=exclude)
-        return quantize_int8(self.source, target, self.calibration, method=self.method, exclude=exclude)
+        source = self.source
+        if self.bias_correction is not None:
+            # Layers kept in float keep their bias: they have no rounding error to correct.
+            source = self.scratch / "bias-corrected.onnx"
+            self.bias_correction.write(source, skip=exclude)
+        return quantize_int8(source, target, self.calibration, method=self.method, exclude=exclude)
 
     def ranking(self) -> list[LayerSensitivity]:
         """Every quantizable layer scored alone in INT8, most sensitive first (:func:`layer_sensitivity`)."""
@@ -225,6 +239,7 @@ def quantize_within_budget(
     max_map_drop: float | None,
     flip: bool,
     equalize: bool | None = None,
+    correct_bias: bool | None = None,
     heldout_images: int = DEFAULT_HELDOUT_IMAGES,
     margin: float | None = None,
     qat_hint: str | None = None,
@@ -233,7 +248,9 @@ def quantize_within_budget(
 
     With ``equalize`` (None: the precision's default, ``EQUALIZE_BY_DEFAULT``) the activations between convolutions
     are rescaled first (:mod:`edgereid.export.equalize`; the same function) and the record goes into the entry under
-    ``equalization``.
+    ``equalization``. With ``correct_bias`` (None: the precision's default, ``CORRECT_BY_DEFAULT``; TensorRT
+    target only) each quantized convolution's bias is corrected for its weight rounding
+    (:mod:`edgereid.export.bias_correction`), recorded under ``bias_correction``.
 
     With ``max_map_drop`` (mAP points; None: plain post-training quantization, no search) the accuracy-aware loop of
     this module's docstring runs, a candidate accepted on the held-out images only within ``max_map_drop`` minus
@@ -243,12 +260,15 @@ def quantize_within_budget(
     """
     with tempfile.TemporaryDirectory(prefix="edgereid-int8-") as scratch_name:
         scratch = Path(scratch_name)
-        candidates = Int8Candidates(precision, fp32_path, calibration, scratch, method=method, equalize=equalize)
+        candidates = Int8Candidates(precision, fp32_path, calibration, scratch, method=method, equalize=equalize,
+                                    correct_bias=correct_bias)
 
         def quantize(exclude: Sequence[str]) -> dict[str, Any]:
             return candidates.quantize(target, exclude)
 
-        entry = {**quantize(()), "equalization": candidates.equalization}
+        correction = candidates.bias_correction
+        entry = {**quantize(()), "equalization": candidates.equalization,
+                 "bias_correction": correction.record() if correction is not None else None}
         # What an ONNX Runtime user outside edgereid must also turn off for the layers kept in float to stay float.
         entry["onnxruntime_disabled_optimizers"] = list(ORT_DISABLED_OPTIMIZERS)
         if max_map_drop is None:
