@@ -122,7 +122,9 @@ def run_demo(
     from edgereid.cli.report import print_report
     from edgereid.report.table import build_report
 
-    report = build_report(result.result_files, out / "report")
+    pictures = _pictures(trained.last_checkpoint, result.bundles[student], out / "pictures", settings, console)
+    # The run directory brings its training curves into the report; the pictures are linked from it.
+    report = build_report([*result.result_files, trained.run_dir], out / "report", pictures=pictures)
     print_report(report)
     result.report_dir = report.out_dir
     result.elapsed_s = time.perf_counter() - started
@@ -131,6 +133,21 @@ def run_demo(
     console.print(f"report: {report.markdown}\n        {report.html}\nplot:   {', '.join(map(str, report.plots))}",
                   soft_wrap=True, highlight=False)
     return result
+
+
+def _pictures(
+    checkpoint: Path, bundle: Path, target: Path, settings: DemoSettings, console: Console
+) -> list[tuple[str, Path]]:
+    """Ranked lists of the student checkpoint (`edgereid eval --visualize`) and where its reduced precisions rank
+    differently from FP32 (`edgereid verify --visualize`)."""
+    from edgereid.report.precision_diff import visualize_bundle
+    from edgereid.report.visualize import evaluate_and_visualize
+
+    _, ranked = evaluate_and_visualize(checkpoint, target / "ranked-lists", flip=True)
+    differences = visualize_bundle(bundle, target / "precisions", max_images=settings.verify_images)
+    console.print(f"pictures: {ranked}, {differences}", highlight=False, soft_wrap=True)
+    return [("ranked lists of the student (PyTorch checkpoint)", ranked),
+            ("where the student's reduced precisions rank differently from FP32", differences)]
 
 
 def _evaluate(checkpoint: Path, networks: list[str], console: Console) -> None:

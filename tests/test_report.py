@@ -365,12 +365,36 @@ def test_html_escapes_text(results: tuple[Path, Path], verify: dict[str, Any], t
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (CI: apt-get install chromium-headless-shell)")
-def test_html_opens_in_headless_chromium(results: tuple[Path, Path], tmp_path: Path) -> None:
-    report = build_report(results, tmp_path / "out")
+def test_html_opens_in_headless_chromium(results: tuple[Path, Path], bench: dict[str, Any], tmp_path: Path) -> None:
+    """At 1,280×800: no horizontal page scroll (only the table may scroll, inside its box), no console error,
+    every image (the embedded chart and the linked pictures) loads."""
+    # A long model name and an off-target INT8 row, the widest the table gets.
+    wide = copy.deepcopy(bench)
+    wide.update(model_id="1" * 64, bundle=str(tmp_path / "a-bundle-folder-with-a-rather-long-name"),
+                recipe="quickstart_mutual_with_a_long_recipe_name", network="student")
+    for run in wide["runs"]:
+        run["precision"] = "int8"
+    picture = tmp_path / "pictures" / "ranked.png"
+    picture.parent.mkdir()
+    Image.new("RGB", (1500, 300), "white").save(picture)
+    (picture.parent / "index.html").write_text("<!DOCTYPE html><title>x</title>")
+    report = build_report([*results, _write(tmp_path / "wide.json", wide)], tmp_path / "out",
+                          pictures=[("ranked lists", picture), ("ranked lists index", picture.parent / "index.html")])
     assert CHROMIUM is not None
+    # The report has no script; a copy of it gets one that writes what the browser measured into the page.
+    probe = report.html.with_name("probe.html")
+    measure = (
+        "<script>window.addEventListener('load', () => { const d = document.documentElement;"
+        " const images = [...document.images];"
+        " document.body.setAttribute('data-probe', JSON.stringify({scroll: d.scrollWidth, client: d.clientWidth,"
+        " images: images.length, loaded: images.filter(i => i.complete && i.naturalWidth > 0).length,"
+        " table: Math.max(...[...document.querySelectorAll('.table-scroll')].map(t => t.scrollWidth))})); });</script>"
+    )
+    probe.write_text(report.html.read_text().replace("</body>", measure + "</body>"))
     completed = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-         "--dump-dom", report.html.resolve().as_uri()],
+         "--window-size=1280,800", "--virtual-time-budget=5000", "--allow-file-access-from-files", "--dump-dom",
+         probe.resolve().as_uri()],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -382,6 +406,54 @@ def test_html_opens_in_headless_chromium(results: tuple[Path, Path], tmp_path: P
     dom = completed.stdout
     assert "<table>" in dom and dom.count("<tr") == 1 + len(report.groups[0].rows)
     assert "tiny (resnet18, 64×32)" in dom and 'src="data:image/png;base64,' in dom
+    found = re.search(r"data-probe=\"([^\"]+)\"", dom)
+    assert found is not None, dom[-2000:]
+    probe_result = json.loads(found.group(1).replace("&quot;", '"'))
+    assert probe_result["client"] <= 1280 and probe_result["scroll"] <= probe_result["client"], probe_result
+    assert probe_result["images"] == 2 and probe_result["loaded"] == 2, probe_result
+
+
+def test_off_target_int8_is_hollow_and_off_the_frontier(results: tuple[Path, Path], verify: dict[str, Any],
+                                                        bench: dict[str, Any], tmp_path: Path) -> None:
+    """The TensorRT-target INT8 model timed by ONNX Runtime is shown, marked, and never on the frontier."""
+    int8_verify, int8_bench = copy.deepcopy(verify), copy.deepcopy(bench)
+    int8_verify["results"] = {"int8": dict(verify["results"]["fp32"], mAP=1.0)}  # the most accurate of all
+    for run in int8_bench["runs"]:
+        run["precision"] = "int8"
+        run["latency_ms"]["p50"] = 1e-6  # and the fastest
+    report = build_report([*results, _write(tmp_path / "v8.json", int8_verify), _write(tmp_path / "b8.json", int8_bench)],
+                          tmp_path / "out")
+    (group,) = report.groups
+    points = {point["label"]: point for point in group.plot["points"]}
+    off = points["tiny INT8 onnxruntime"]
+    assert off["on_target"] is False and off["frontier"] is False
+    assert any(point["frontier"] for point in points.values() if point["on_target"])
+    assert any(note.startswith("† latency not measured on the backend") for note in group.notes)
+    assert " ms †" in report.markdown.read_text()
+
+
+def test_terminal_table_fits_80_columns(results: tuple[Path, Path], verify: dict[str, Any], bench: dict[str, Any],
+                                        tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from edgereid.cli.report import print_report
+
+    files = []
+    for network in ("student", "teacher"):
+        named_verify, named_bench = copy.deepcopy(verify), copy.deepcopy(bench)
+        for document in (named_verify, named_bench):
+            document.update(recipe="quickstart_mutual", network=network, model_id=network * 8,
+                            bundle=str(tmp_path / f"bundle-{network}"))
+        files += [_write(tmp_path / f"v-{network}.json", named_verify), _write(tmp_path / f"b-{network}.json", named_bench)]
+    report = build_report(files, tmp_path / "out")
+    console = Console(width=80, record=True, color_system=None)
+    print_report(report, console)
+    text = console.export_text()
+    table_lines = [line for line in text.splitlines() if " ORT " in line]
+    assert len(table_lines) == 4 and all(len(line) <= 80 for line in table_lines)
+    assert {line.split()[0] + " " + line.split()[1] for line in table_lines} == {
+        "student FP32", "student FP16", "teacher FP32", "teacher FP16"}
+    assert "…" not in "".join(table_lines) and "recipe quickstart_mutual" in text
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -67,6 +68,12 @@ def train_command(recipe: str | None, overrides: tuple[str, ...], resume: Path |
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--network", help="Which network of a mutual-learning checkpoint (default: its student).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--visualize", "visualize_dir", type=click.Path(path_type=Path),
+              help="Also draw ranked lists (query and top-k, correct/wrong/junk marked) and an index.html here.")
+@click.option("--visualize-queries", default="worst,best,random", show_default=True,
+              help="With --visualize: worst, best, random (4 queries each), query indices or query file names.")
+@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="With --visualize: gallery images per ranked list.")
 def eval_command(
     checkpoint: Path,
     data_root: Path | None,
@@ -79,24 +86,39 @@ def eval_command(
     batch_size: int,
     network: str | None,
     as_json: bool,
+    visualize_dir: Path | None,
+    visualize_queries: str,
+    top_k: int,
 ) -> None:
-    """Score CHECKPOINT (a .pt file or a run directory) on a query/gallery: mAP, CMC, mINP."""
+    """Score CHECKPOINT (a .pt file or a run directory) on a query/gallery: mAP, CMC, mINP; with --visualize, draw
+    ranked lists of chosen or worst/best/random queries too."""
     require_extra("torch", "train", "eval")
     from edgereid.training import evaluate_checkpoint
 
-    report = evaluate_checkpoint(
-        checkpoint,
-        data_root=data_root,
-        data_format=data_format,
-        flip=flip,
-        rerank=rerank,
-        aqe=aqe,
-        metric="euclidean" if metric == "euclidean" else "cosine",
-        device=device,
-        batch_size=batch_size,
-        network=network,
-    )
+    settings: dict[str, Any] = {
+        "data_root": data_root,
+        "data_format": data_format,
+        "flip": flip,
+        "rerank": rerank,
+        "aqe": aqe,
+        "metric": "euclidean" if metric == "euclidean" else "cosine",
+        "device": device,
+        "batch_size": batch_size,
+        "network": network,
+    }
+    index = None
+    if visualize_dir is None:
+        report = evaluate_checkpoint(checkpoint, **settings)
+    else:
+        from edgereid.report.visualize import evaluate_and_visualize
+
+        selections = [part.strip() for part in visualize_queries.split(",") if part.strip()]
+        queries: list[str | int] = [int(part) if part.isdigit() else part for part in selections]
+        report, index = evaluate_and_visualize(checkpoint, visualize_dir, queries=queries, top_k=top_k,
+                                               **settings)
     summary = report.to_dict()
+    if index is not None:
+        summary["visualization"] = str(index)
     if as_json:
         print_json(summary)
         return
@@ -108,3 +130,5 @@ def eval_command(
     options = [name for name in ("flip", "rerank", "aqe") if summary[name]]
     table.add_row("options", ", ".join(options) or "none")
     console.print(table)
+    if index is not None:
+        console.print(f"ranked lists: {index}", highlight=False, soft_wrap=True)

@@ -28,6 +28,9 @@ from edgereid.runtime.runners import BACKENDS
               help="A backend option, e.g. -o providers=[cuda] -o threads=4 (onnxruntime), -o device=cuda (torch).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verification as JSON.")
 @click.option("--out", "out_file", type=click.Path(path_type=Path), help="Also write the verification JSON here.")
+@click.option("--visualize", "visualize_dir", type=click.Path(path_type=Path),
+              help="Also draw where each precision ranks differently from FP32 (ranked lists side by side, per-query "
+              "AP differences, INT8 layer sensitivity) and an index.html here.")
 def verify_command(
     bundle: Path,
     backend: str,
@@ -37,6 +40,7 @@ def verify_command(
     options: tuple[str, ...],
     as_json: bool,
     out_file: Path | None,
+    visualize_dir: Path | None,
 ) -> None:
     """Embed the query/gallery with BUNDLE's models on --backend and check each precision's mAP against the FP32
     model on ONNX Runtime CPU; exits 1 when a precision is outside its tolerance."""
@@ -52,10 +56,19 @@ def verify_command(
     )
     if out_file is not None:
         atomic_write_text(out_file, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if visualize_dir is not None:
+        from edgereid.report.precision_diff import visualize_bundle
+
+        result["visualization"] = str(visualize_bundle(
+            bundle, visualize_dir, backend, precisions=list(precisions) or None, data_root=data_root,
+            max_images=max_images, **parse_options(options),
+        ))
     if as_json:
         print_json(result)
     else:
         print_verification(result)
+        if visualize_dir is not None:
+            console.print(f"pictures: {result['visualization']}", highlight=False, soft_wrap=True)
     if not result["passed"]:
         raise SystemExit(1)
 

@@ -15,6 +15,7 @@ import datetime
 import html
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from typing import Any
 from edgereid.atomic import atomic_write_text
 from edgereid.errors import DataError
 from edgereid.report.bench import BENCH_KIND, BENCH_SCHEMA_VERSION
-from edgereid.report.plot import ParetoPoint, pareto_frontier, plot_pareto
+from edgereid.report.plot import ParetoPoint, measured_on_target, pareto_frontier, plot_pareto
+from edgereid.run_curves import METRICS_FILE, plot_training_curves
 from edgereid.runtime.environment import machine_summary
 
 REPORT_KIND = "edgereid.report"
@@ -84,17 +86,30 @@ class _Result:
 
 
 def build_report(
-    result_files: Sequence[str | Path], out_dir: str | Path, *, group_by_dataset: bool = False
+    result_files: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    group_by_dataset: bool = False,
+    pictures: Sequence[tuple[str, str | Path]] = (),
 ) -> Report:
-    """Read ``result_files`` (``edgereid verify --out`` and ``edgereid bench --out`` JSON), join them and write
-    ``report.md``, ``report.html``, ``report.json`` and the chart(s) to ``out_dir``.
+    """Read ``result_files`` (``edgereid verify --out`` and ``edgereid bench --out`` JSON, and training run
+    directories), join them and write ``report.md``, ``report.html``, ``report.json`` and the chart(s) to
+    ``out_dir``.
 
     Verify results of different data sets (by dataset fingerprint) are a DataError naming the files and data sets,
-    unless ``group_by_dataset``: then each data set gets its own table and chart (``pareto-<data set>.png``).
+    unless ``group_by_dataset``: then each data set gets its own table and chart (``pareto-<data set>.png``). A run
+    directory (one with a metrics.jsonl) gets its training curves drawn as ``curves-<run>.png``. ``pictures``
+    (title, PNG or HTML file) are linked from the report, by paths relative to ``out_dir``.
     """
-    if not result_files:
-        raise DataError("no result files given; pass the JSON files written by edgereid verify --out / bench --out")
-    results = [load_result(path) for path in result_files]
+    if not result_files and not pictures:
+        raise DataError("no result files given; pass the JSON files written by edgereid verify --out / bench --out, "
+                        "or training run directories")
+    out = Path(out_dir)
+    run_dirs = [Path(path) for path in result_files if Path(path).is_dir()]
+    for run_dir in run_dirs:
+        if not (run_dir / METRICS_FILE).is_file():
+            raise DataError(f"'{run_dir}' is a directory but not a training run: it has no {METRICS_FILE}")
+    results = [load_result(path) for path in result_files if not Path(path).is_dir()]
     verifies = [result for result in results if result.doc["kind"] == VERIFY_KIND]
     benches = [result for result in results if result.doc["kind"] == BENCH_KIND]
 
@@ -131,12 +146,19 @@ def build_report(
     for group in groups:
         _check_unique(group.rows)
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = []
     for group in groups:
         plots.append(_chart(group, out, len(groups) > 1))
         group.notes = _notes(group)
+    linked: list[dict[str, str]] = []
+    for run_dir in run_dirs:
+        slug = re.sub(r"[^A-Za-z0-9_.]+", "-", run_dir.resolve().name).strip("-") or "run"
+        curves = plot_training_curves(run_dir, out / f"curves-{slug}.png")
+        plots.append(curves)
+        linked.append({"title": f"training curves of {run_dir}", "file": curves.name})
+    for title, picture in pictures:
+        linked.append({"title": title, "file": Path(os.path.relpath(Path(picture).resolve(), out.resolve())).as_posix()})
     document = {
         "kind": REPORT_KIND,
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -146,10 +168,12 @@ def build_report(
             {"dataset": group.dataset, "rows": group.rows, "plot": group.plot, "notes": group.notes}
             for group in groups
         ],
+        "runs": [str(run_dir) for run_dir in run_dirs],
+        "pictures": linked,
     }
     paths = {"markdown": out / "report.md", "html": out / "report.html", "json": out / "report.json"}
-    atomic_write_text(paths["markdown"], render_markdown(groups))
-    atomic_write_text(paths["html"], render_html(groups, out))
+    atomic_write_text(paths["markdown"], render_markdown(groups, linked))
+    atomic_write_text(paths["html"], render_html(groups, out, linked))
     atomic_write_text(paths["json"], json.dumps(document, indent=2, sort_keys=True) + "\n")
     return Report(out, paths["markdown"], paths["html"], paths["json"], plots, groups, document)
 
@@ -349,10 +373,14 @@ def _check_unique(rows: list[dict[str, Any]]) -> None:
 def _chart(group: ReportGroup, out: Path, several: bool) -> Path:
     plotted = [row for row in group.rows if row["mAP"] is not None and row["latency_ms"]["b1"] is not None]
     points = [
-        ParetoPoint(row["label"], row["latency_ms"]["b1"], row["mAP"], row["precision"], row["backend"])
+        ParetoPoint(row["label"], row["latency_ms"]["b1"], row["mAP"], row["precision"], row["backend"],
+                    model=row["model_label"], on_target=measured_on_target(row["precision"], row["backend"]))
         for row in plotted
     ]
-    frontier = pareto_frontier([point.latency_ms for point in points], [point.mAP for point in points])
+    # A latency not measured on the model's own backend is no deployment's: such a point is drawn, not ranked.
+    ranked = [point for point in points if point.on_target]
+    ranked_frontier = iter(pareto_frontier([point.latency_ms for point in ranked], [point.mAP for point in ranked]))
+    frontier = [next(ranked_frontier) if point.on_target else False for point in points]
     name = "pareto.png"
     if several:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", group.dataset["name"] if group.dataset else "no-dataset").strip("-")
@@ -365,8 +393,9 @@ def _chart(group: ReportGroup, out: Path, several: bool) -> Path:
         "y": "mAP",
         "x_scale": scale,
         "points": [
-            {"label": point.label, "latency_ms": point.latency_ms, "mAP": point.mAP, "frontier": on}
-            for point, on in zip(points, frontier, strict=True)
+            {"number": number, "label": point.label, "latency_ms": point.latency_ms, "mAP": point.mAP,
+             "frontier": on, "on_target": point.on_target}
+            for number, (point, on) in enumerate(zip(points, frontier, strict=True), start=1)
         ],
         "not_plotted": [
             {"label": row["label"], "reason": "accuracy unknown" if row["mAP"] is None else "no batch-1 latency"}
@@ -399,6 +428,11 @@ def _notes(group: ReportGroup) -> list[str]:
     failed = [row["label"] for row in group.rows if row["verification_passed"] is False]
     if failed:
         notes.append(f"outside its verification's mAP tolerance against FP32: {', '.join(failed)}")
+    off_target = [point["label"] for point in group.plot["points"] if not point["on_target"]]
+    if off_target:
+        notes.append("† latency not measured on the backend the model is built for (the INT8 model is laid out for "
+                     "TensorRT; ONNX Runtime only emulates its quantization), drawn hollow and left off the "
+                     f"frontier: {', '.join(off_target)}")
     for entry in group.plot["not_plotted"]:
         notes.append(f"not plotted ({entry['reason']}): {entry['label']}")
     notes.append("latency: p50 of the timed iterations; throughput at the largest batch measured; FLOPs per image "
@@ -413,8 +447,10 @@ def row_cells(row: dict[str, Any]) -> list[str]:
     def metric(value: float | None) -> str:
         return UNKNOWN if value is None else f"{value * 100:.2f} %"
 
+    off_target = "" if measured_on_target(row["precision"], row["backend"]) else " †"
+
     def latency(value: float | None) -> str:
-        return "–" if value is None else f"{value:.2f} ms"
+        return "–" if value is None else f"{value:.2f} ms{off_target}"
 
     delta = row["delta_mAP_points"]
     mAP = metric(row["mAP"])
@@ -446,7 +482,7 @@ def section_heading(group: ReportGroup) -> str:
             f"(fingerprint {dataset['fingerprint'][:12]})")
 
 
-def render_markdown(groups: Sequence[ReportGroup]) -> str:
+def render_markdown(groups: Sequence[ReportGroup], pictures: Sequence[dict[str, str]] = ()) -> str:
     def escape(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
@@ -459,32 +495,44 @@ def render_markdown(groups: Sequence[ReportGroup]) -> str:
         lines += ["", f"![mAP against batch-1 latency]({group.plot['file']})", ""]
         lines += [f"- {escape(note)}" for note in group.notes]
         lines.append("")
+    if pictures:
+        lines += ["## Pictures", ""]
+        for picture in pictures:
+            bang = "!" if picture["file"].endswith(".png") else ""
+            lines.append(f"- {bang}[{escape(picture['title'])}]({picture['file']})")
+        lines.append("")
     return "\n".join(lines)
 
 
+# The page fits a 1,280-pixel window: only the table scrolls sideways (inside its own box), the model column wraps.
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }
-th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+.table-scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; white-space: normal; } td:first-child, th:first-child { text-align: left; }
+td:first-child { white-space: normal; min-width: 12em; max-width: 22em; }
 tr.frontier td { background: #fff0f0; font-weight: 600; }
-img { max-width: 100%; border: 1px solid #ddd; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+li { overflow-wrap: anywhere; }
+figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #444; }
 """
 
 
-def render_html(groups: Sequence[ReportGroup], out: Path) -> str:
-    """A self-contained HTML5 page (inline style, charts embedded as data URIs, no script)."""
+def render_html(groups: Sequence[ReportGroup], out: Path, pictures: Sequence[dict[str, str]] = ()) -> str:
+    """An HTML5 page (inline style, charts embedded as data URIs, no script); ``pictures`` are linked by their
+    paths relative to ``out``."""
     body = []
     for group in groups:
         frontier = {point["label"] for point in group.plot["points"] if point["frontier"]}
         body.append(f"<h2>{html.escape(section_heading(group))}</h2>")
         header = "".join(f"<th scope=\"col\">{html.escape(column)}</th>" for column in COLUMNS)
-        body.append(f"<table>\n<thead><tr>{header}</tr></thead>\n<tbody>")
+        body.append(f'<div class="table-scroll">\n<table>\n<thead><tr>{header}</tr></thead>\n<tbody>')
         for row in group.rows:
             cells = "".join(f"<td>{html.escape(cell)}</td>" for cell in row_cells(row))
             marker = ' class="frontier"' if row["label"] in frontier else ""
             body.append(f"<tr{marker}>{cells}</tr>")
-        body.append("</tbody>\n</table>")
+        body.append("</tbody>\n</table>\n</div>")
         image = base64.b64encode((out / group.plot["file"]).read_bytes()).decode("ascii")
         body.append(f'<p><img src="data:image/png;base64,{image}" alt="mAP against batch-1 latency, '
                     f'{html.escape(section_heading(group), quote=True)}"></p>')
@@ -492,7 +540,20 @@ def render_html(groups: Sequence[ReportGroup], out: Path) -> str:
         if frontier:
             body.append("<p>Highlighted rows are on the Pareto frontier: no other variant is both faster at batch 1 "
                         "and more accurate.</p>")
+    if pictures:
+        body.append("<h2>Pictures</h2>")
+        links = []
+        for picture in pictures:
+            target, title = html.escape(picture["file"], quote=True), html.escape(picture["title"])
+            if picture["file"].endswith(".png"):
+                body.append(f'<figure><a href="{target}"><img src="{target}" alt="{html.escape(picture["title"], quote=True)}">'
+                            f"</a><figcaption>{title}</figcaption></figure>")
+            else:
+                links.append(f'<li><a href="{target}">{title}</a></li>')
+        if links:
+            body.append("<ul>" + "".join(links) + "</ul>")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>edgereid report</title>\n"
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>edgereid report</title>\n"
         f"<style>{_STYLE}</style>\n</head>\n<body>\n<h1>edgereid report</h1>\n" + "\n".join(body) + "\n</body>\n</html>\n"
     )

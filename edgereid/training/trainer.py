@@ -40,6 +40,7 @@ from edgereid.evaluation.features import evaluate_features
 from edgereid.locking import LockTimeoutError, exclusive
 from edgereid.modeling import ReIDModel, create_model
 from edgereid.recipes import Recipe, recipe_from_dict, recipe_to_yaml
+from edgereid.run_curves import update_run_curves
 from edgereid.training.checkpoint import (
     Checkpoint,
     QuantizationState,
@@ -291,6 +292,8 @@ class _TrainingLoop:
                 if data.eval_data is not None and ((epoch + 1) % recipe.train.eval_period == 0 or is_last):
                     evaluated = {"epoch": epoch + 1, "iteration": iteration, **self._evaluate(data.eval_data)}
                     _log(metrics_file, writer, "eval", evaluated)
+                    if metrics_file is not None:
+                        update_run_curves(self.run_dir, console)
                     self._print_scores(console, epoch, evaluated)
                     last_metrics = evaluated
                     if best is None or evaluated["mAP"] > best["mAP"]:
