@@ -6,20 +6,25 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from edgereid.data.transforms import EvalTransform
 from edgereid.errors import DataError
 from edgereid.evaluation.distance import Metric
-from edgereid.evaluation.features import evaluate_features
+from edgereid.evaluation.features import query_gallery_distances, rank_distances
 from edgereid.evaluation.rank import RankResult
 from edgereid.modeling import ReIDModel, create_model
 from edgereid.training.checkpoint import Checkpoint, load_checkpoint, load_model_state
 from edgereid.training.data import decode_split, prepare_dataset
 from edgereid.training.inference import embed_images
 from edgereid.training.trainer import resolve_device
+
+if TYPE_CHECKING:
+    from edgereid.data.images import DecodedImages
+    from edgereid.recipes.schema import DataConfig
 
 
 def build_model(checkpoint: Checkpoint, device: torch.device | str = "cpu", network: str | None = None) -> ReIDModel:
@@ -82,26 +87,32 @@ class EvaluationReport:
         }
 
 
-def evaluate_checkpoint(
+@dataclass(frozen=True)
+class EmbeddedSplits:
+    """One network of a checkpoint run over a data set's query and gallery: what scoring and drawing need."""
+
+    checkpoint: Checkpoint
+    network: str
+    data: DataConfig
+    query: DecodedImages
+    gallery: DecodedImages
+    query_features: np.ndarray
+    gallery_features: np.ndarray
+    flip: bool
+
+
+def embed_splits(
     checkpoint_path: str | Path,
     *,
     data_root: str | Path | None = None,
     data_format: str | None = None,
     flip: bool | None = None,
-    rerank: bool = False,
-    aqe: bool = False,
-    metric: Metric = "cosine",
     device: str = "auto",
     batch_size: int = 128,
     network: str | None = None,
-) -> EvaluationReport:
-    """Score a checkpoint on the query/gallery of ``data_root`` (default: the data it was trained with).
-
-    ``data_format`` replaces the recipe's format (and drops its reader options and holdout); ``flip`` defaults to
-    the recipe's ``train.flip_test``; ``network`` picks a network of a mutual-learning checkpoint (default: the
-    student).
-    """
-    started = time.perf_counter()
+) -> EmbeddedSplits:
+    """The query and gallery of ``data_root`` (default: the data the checkpoint was trained with) embedded by one of
+    its networks, as :func:`evaluate_checkpoint` scores them."""
     checkpoint = load_checkpoint(checkpoint_path)
     network_name, _, _ = checkpoint.network(network)
     data = checkpoint.recipe.data
@@ -125,19 +136,50 @@ def evaluate_checkpoint(
     gallery_features = embed_images(
         model, gallery.images, transform, torch_device, batch_size=batch_size, flip=use_flip
     )
-    result = evaluate_features(
-        query_features, gallery_features, query.records, gallery.records, metric=metric, rerank=rerank, aqe=aqe
-    )
+    return EmbeddedSplits(checkpoint, network_name, data, query, gallery, query_features, gallery_features, use_flip)
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    data_format: str | None = None,
+    flip: bool | None = None,
+    rerank: bool = False,
+    aqe: bool = False,
+    metric: Metric = "cosine",
+    device: str = "auto",
+    batch_size: int = 128,
+    network: str | None = None,
+) -> EvaluationReport:
+    """Score a checkpoint on the query/gallery of ``data_root`` (default: the data it was trained with).
+
+    ``data_format`` replaces the recipe's format (and drops its reader options and holdout); ``flip`` defaults to
+    the recipe's ``train.flip_test``; ``network`` picks a network of a mutual-learning checkpoint (default: the
+    student).
+    """
+    started = time.perf_counter()
+    embedded = embed_splits(checkpoint_path, data_root=data_root, data_format=data_format, flip=flip, device=device,
+                            batch_size=batch_size, network=network)
+    distances = query_gallery_distances(embedded.query_features, embedded.gallery_features, metric=metric, rerank=rerank,
+                                  aqe=aqe)
+    return report_for(embedded, distances, metric=metric, rerank=rerank, aqe=aqe, started=started)
+
+
+def report_for(
+    embedded: EmbeddedSplits, distances: np.ndarray, *, metric: Metric, rerank: bool, aqe: bool, started: float
+) -> EvaluationReport:
+    """The evaluation report of ``embedded`` ranked by ``distances`` (from :func:`query_gallery_distances`)."""
     return EvaluationReport(
-        checkpoint=checkpoint.path,
-        network=network_name,
-        data_root=Path(data.root),
-        num_query=len(query.records),
-        num_gallery=len(gallery.records),
-        flip=use_flip,
+        checkpoint=embedded.checkpoint.path,
+        network=embedded.network,
+        data_root=Path(embedded.data.root),
+        num_query=len(embedded.query.records),
+        num_gallery=len(embedded.gallery.records),
+        flip=embedded.flip,
         rerank=rerank,
         aqe=aqe,
         metric=metric,
-        result=result,
+        result=rank_distances(distances, embedded.query.records, embedded.gallery.records),
         elapsed_s=time.perf_counter() - started,
     )
