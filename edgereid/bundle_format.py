@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from edgereid.errors import ConfigError, DataError
+from edgereid.jsonfile import json_type, read_json_object
 
 BUNDLE_FORMAT = "edgereid-bundle"
 BUNDLE_VERSION = 1
@@ -308,7 +309,7 @@ def validate_manifest(manifest: Any, source: str | Path) -> BundleManifest:
     """``manifest`` (the parsed JSON of the manifest file ``source``) against :class:`BundleManifest`; whatever
     does not fit is a DataError, one line naming ``source``, the key path and what was expected."""
     if not isinstance(manifest, Mapping):
-        raise DataError(f"'{source}' is not a bundle manifest: expected a JSON object, got {_json_type(manifest)}")
+        raise DataError(f"'{source}' is not a bundle manifest: expected a JSON object, got {json_type(manifest)}")
     try:
         return BundleManifest.model_validate(manifest)
     except ValidationError as error:
@@ -467,16 +468,6 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "a JSON list"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    return "a number"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The bundle
 
@@ -541,19 +532,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST_NAME
     if not manifest_path.is_file():
         raise DataError(f"'{path}' is not an export bundle: it has no {MANIFEST_NAME}")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise DataError(f"'{manifest_path}' cannot be read ({type(error).__name__}: {error})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"'{manifest_path}' is not a bundle manifest: it is not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise DataError(
-            f"'{manifest_path}' is not a bundle manifest: not valid JSON ({error.msg} at line {error.lineno}, "
-            f"column {error.colno})"
-        ) from None
-    if not isinstance(manifest, dict):
-        raise DataError(f"'{manifest_path}' is not a bundle manifest: expected a JSON object, got {_json_type(manifest)}")
+    manifest = read_json_object(manifest_path, "a bundle manifest")
     if manifest.get("format") != BUNDLE_FORMAT:
         raise DataError(f"'{manifest_path}' is not an edgereid bundle manifest (format '{BUNDLE_FORMAT}')")
     if manifest.get("format_version") != BUNDLE_VERSION:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgereid.bundle_format import Precision
 from edgereid.errors import DataError
+from edgereid.jsonfile import parse_json_object
 
 FORMAT = "edgereid.gallery"
 FORMAT_VERSION = 1
@@ -93,17 +94,7 @@ def read_header(root: Path) -> tuple[GalleryHeader, str]:
         data = header_path.read_bytes()
     except OSError as error:
         raise DataError(f"'{header_path}' cannot be read ({type(error).__name__}: {error})") from None
-    try:
-        header = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise DataError(f"'{header_path}' is not a gallery header: it is not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise DataError(
-            f"'{header_path}' is not a gallery header: not valid JSON ({error.msg} at line {error.lineno}, "
-            f"column {error.colno})"
-        ) from None
-    if not isinstance(header, dict):
-        raise DataError(f"'{header_path}' is not a gallery header: expected a JSON object, got {_shown(header)}")
+    header = parse_json_object(data, header_path, "a gallery header")
     if header.get("format") != FORMAT:
         raise DataError(f"'{header_path}' is not an {FORMAT} header (format {header.get('format')!r})")
     if header.get("version") != FORMAT_VERSION:

@@ -241,7 +241,7 @@ def test_the_runtime_imports_nothing_from_export_not_even_lazily() -> None:
 
 def test_the_bundle_format_sits_below_export_runtime_and_training() -> None:
     path = PACKAGE / "bundle_format.py"
-    assert _imports(path) == {"edgereid.errors"}
+    assert _imports(path) == {"edgereid.errors", "edgereid.jsonfile"}
     top_level = {alias.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
                  if isinstance(node, ast.Import) for alias in node.names}
     top_level |= {node.module.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))

@@ -451,7 +451,7 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     "header: empty": (_replace("gallery.json", lambda _: b""),
                       "gallery.json' is not a gallery header: not valid JSON"),
     "header: truncated": (_replace("gallery.json", lambda data: data[: len(data) // 2]), "not valid JSON"),
-    "header: a JSON list": (_replace("gallery.json", lambda _: b"[1, 2]"), "expected a JSON object, got [1, 2]"),
+    "header: a JSON list": (_replace("gallery.json", lambda _: b"[1, 2]"), "expected a JSON object, got a JSON list"),
     "header: missing": (lambda root: (root / "gallery.json").unlink(), "gallery.json is missing"),
     "header: dim a string": (_header_key("dim", "x"), 'dim: expected a valid integer, got "x"'),
     "header: dim a float": (_header_key("dim", 16.0), "dim: expected a valid integer, got 16.0"),
