@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 
@@ -204,3 +207,82 @@ def test_decodes_the_mini_market_training_split(shared_data: Path) -> None:
     decoded = decode_records(records, (256, 128))
     assert decoded.images.shape == (len(records), 256, 128, 3) and decoded.skipped == ()
     assert 20 < decoded.images.mean() < 235
+
+
+def damage_cache(cache: Path, damage: str) -> None:
+    index = cache.with_suffix(".json")
+    data = bytearray(cache.read_bytes())
+    if damage == "bit flipped in the pixels":
+        data[-7] ^= 0x10
+        cache.write_bytes(bytes(data))
+    elif damage == "bit flipped in the .npy header":
+        # The shape's first digit: another row count.
+        data[data.index(b"'shape': (") + 10] ^= 0x01
+        cache.write_bytes(bytes(data))
+    elif damage == "truncated .npy":
+        cache.write_bytes(bytes(data[:-50]))
+    elif damage == "bytes appended to the .npy":
+        cache.write_bytes(bytes(data) + b"\0")
+    elif damage == "index garbage":
+        index.write_bytes(b"\x93\x00{garbage")
+    elif damage == "index not an object":
+        index.write_text("[1, 2]")
+    elif damage == "index row number changed":
+        content = json.loads(index.read_text())
+        content["kept"][1] += 1
+        index.write_text(json.dumps(content))
+    elif damage == "index checksum missing":
+        content = json.loads(index.read_text())
+        del content["sha256"]
+        index.write_text(json.dumps(content))
+    else:
+        raise AssertionError(damage)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "bit flipped in the pixels", "bit flipped in the .npy header", "truncated .npy", "bytes appended to the .npy",
+        "index garbage", "index not an object", "index row number changed", "index checksum missing",
+    ],
+)
+def test_damaged_cache_is_decoded_again_with_a_warning(
+    damage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = colour_records(tmp_path / "images", 5)
+    records[3].path.write_bytes(b"garbage")
+    cache = tmp_path / "cache" / "train.npy"
+    with pytest.warns(DatasetWarning):
+        fresh = decode_records(records, (8, 4), cache_path=cache)
+    damage_cache(cache, damage)
+    decoded_paths: list[Path] = []
+    decode = images_module._decode
+
+    def counting_decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+        decoded_paths.append(path)
+        return decode(path, size)
+
+    monkeypatch.setattr(images_module, "_decode", counting_decode)
+    with caplog.at_level(logging.WARNING, logger=images_module.__name__), pytest.warns(DatasetWarning):
+        again = decode_records(records, (8, 4), cache_path=cache)
+
+    assert len(decoded_paths) == len(records)
+    np.testing.assert_array_equal(again.images, fresh.images)
+    assert again.records == fresh.records and again.skipped == fresh.skipped
+    warned = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warned) == 1 and str(cache) in warned[0] and "decoding again" in warned[0]
+    # The rewritten cache is whole again: used as it is, without a warning.
+    decoded_paths.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=images_module.__name__), pytest.warns(DatasetWarning):
+        reused = decode_records(records, (8, 4), cache_path=cache)
+    assert decoded_paths == [] and not caplog.records
+    np.testing.assert_array_equal(reused.images, fresh.images)
+
+
+def test_cache_index_records_the_checksum_of_its_array(tmp_path: Path) -> None:
+    records = colour_records(tmp_path / "images", 3)
+    cache = tmp_path / "train.npy"
+    decode_records(records, (8, 4), cache_path=cache)
+    index = json.loads(cache.with_suffix(".json").read_text())
+    assert index["sha256"] == hashlib.sha256(cache.read_bytes()).hexdigest()

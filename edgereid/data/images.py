@@ -6,6 +6,7 @@ numpy and Pillow only: this module is part of the base install, which must work 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -38,8 +40,12 @@ _DECODER_ERRORS: tuple[type[Exception], ...] = (
 _SHOWN_SKIPPED = 5
 _SIXTEEN_BIT_GRAY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 _UNSCALED_MODES = {"I": "32-bit integer", "F": "32-bit floating-point"}
-# Bump when the cached array's meaning changes (resampling, colour conversion), so old caches are rebuilt.
-_CACHE_FORMAT = 1
+# Bump when the cached array's meaning or the index's layout changes (resampling, colour conversion, checksum), so
+# old caches are rebuilt.
+_CACHE_FORMAT = 2
+# Cached arrays are read and hashed in pieces of this many bytes.
+_CHECKSUM_CHUNK = 16 * 2**20
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -274,37 +280,102 @@ def _index_path(cache_path: Path) -> Path:
 def _load_cache(
     cache_path: Path, key: str, records: Sequence[ImageRecord], size: tuple[int, int]
 ) -> DecodedImages | None:
-    """The cached split when its index matches ``key``; None (and a rebuild) when it is absent, stale or unreadable."""
+    """The cached split when its index matches ``key`` and its array the index's checksum; None (and a rebuild) when
+    it is absent, stale, damaged or unreadable: a cache is disposable, so decoding again beats failing."""
     try:
         index = json.loads(_index_path(cache_path).read_text())
+        if not isinstance(index, dict):
+            raise DataError(f"its index '{_index_path(cache_path)}' holds {type(index).__name__}, not a JSON object")
         if index.get("key") != key:
             logger.info("decoded-image cache %s is stale; decoding again", cache_path)
             return None
-        kept: list[int] = index["kept"]
-        images = np.load(cache_path, allow_pickle=False)
-        if images.dtype != np.uint8 or images.shape != (len(kept), size[0], size[1], 3):
-            return None
+        kept = _kept_rows(index, records, cache_path)
         skipped = tuple(SkippedImage(Path(entry["path"]), entry["reason"]) for entry in index["skipped"])
+        images = _read_checked_array(cache_path, index["sha256"], (len(kept), size[0], size[1], 3))
     except FileNotFoundError:
         return None
-    except (OSError, EOFError, ValueError, LookupError, TypeError) as error:
-        logger.warning("decoded-image cache %s is unreadable (%s); decoding again", cache_path, error)
+    except (DataError, OSError, EOFError, ValueError, LookupError, TypeError) as error:
+        logger.warning("decoded-image cache %s cannot be used (%s); decoding again", cache_path, error)
         return None
     logger.info("loaded %d decoded images from %s", len(kept), cache_path)
     return DecodedImages(images, [records[row] for row in kept], skipped)
 
 
+def _kept_rows(index: dict[str, Any], records: Sequence[ImageRecord], cache_path: Path) -> list[int]:
+    """The index's kept rows, checked against its skipped images: a damaged row number would pair every image
+    after it with another record's identity."""
+    kept = index["kept"]
+    skipped_paths = [entry["path"] for entry in index["skipped"]]
+    rows_ascending = (
+        all(type(row) is int and 0 <= row < len(records) for row in kept)
+        and all(first < second for first, second in itertools.pairwise(kept))
+    )
+    left_out = sorted(set(range(len(records))) - set(kept)) if rows_ascending else []
+    if not rows_ascending or [str(records[row].path) for row in left_out] != skipped_paths:
+        raise DataError(
+            f"its index '{_index_path(cache_path)}' lists rows that do not match its {len(records)} images and "
+            f"{len(skipped_paths)} skipped images; expected ascending row numbers of the decoded images"
+        )
+    return list(kept)
+
+
+def _read_checked_array(cache_path: Path, sha256: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The uint8 array of ``shape`` in the .npy file ``cache_path``, read and hashed in one pass."""
+    digest = hashlib.sha256()
+    with cache_path.open("rb") as file:
+        version = np.lib.format.read_magic(file)
+        if version not in _NPY_HEADER_READERS:
+            raise DataError(f"'{cache_path}' is .npy format {version}; expected 1.0 or 2.0 as numpy writes it")
+        stored_shape, fortran_order, dtype = _NPY_HEADER_READERS[version](file)
+        if dtype != np.uint8 or fortran_order or stored_shape != shape:
+            raise DataError(
+                f"'{cache_path}' holds {dtype} {stored_shape}{' in Fortran order' if fortran_order else ''}; "
+                f"expected uint8 {shape} as its index says"
+            )
+        header_length = file.tell()
+        file.seek(0)
+        digest.update(file.read(header_length))
+        images = np.empty(shape, dtype=np.uint8)
+        data = images.reshape(-1).data
+        filled = 0
+        while filled < len(data):
+            count = file.readinto(data[filled : filled + _CHECKSUM_CHUNK])
+            if not count:
+                raise DataError(f"'{cache_path}' is truncated: {filled} of {len(data)} bytes of images")
+            digest.update(data[filled : filled + count])
+            filled += count
+        if file.read(1):
+            raise DataError(f"'{cache_path}' has bytes after its {len(data)} bytes of images")
+    if digest.hexdigest() != sha256:
+        raise DataError(f"'{cache_path}' does not match the sha256 recorded in its index: its bytes were changed")
+    return images
+
+
+class _HashingWriter:
+    """Passes writes on to ``file`` and hashes them, so a cache's checksum costs no second pass over it."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+
 def _save_cache(cache_path: Path, key: str, decoded: DecodedImages, kept_rows: list[int]) -> None:
-    index = {
-        "key": key,
-        "kept": kept_rows,
-        "skipped": [{"path": str(image.path), "reason": image.reason} for image in decoded.skipped],
-    }
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     # Without its index an array is never trusted, so dropping the old index first means a crash between the two
     # replacements leaves a cache that is rebuilt rather than one whose index describes another array.
     _index_path(cache_path).unlink(missing_ok=True)
     with atomic_file(cache_path) as file:
-        np.save(file, decoded.images, allow_pickle=False)
+        writer = _HashingWriter(file)
+        np.save(writer, decoded.images, allow_pickle=False)
+    index = {
+        "key": key,
+        "kept": kept_rows,
+        "skipped": [{"path": str(image.path), "reason": image.reason} for image in decoded.skipped],
+        "sha256": writer.digest.hexdigest(),
+    }
     with atomic_file(_index_path(cache_path)) as file:
         file.write(json.dumps(index).encode())
