@@ -80,6 +80,15 @@ def remove_abandoned(target: Path) -> list[Path]:
     return removed
 
 
+def remove_partial_files(directory: Path) -> list[Path]:
+    """Remove the temporary files that writes into ``directory`` killed before their rename left there (what
+    :func:`atomic_file` names ``.NAME.*.tmp``); returns them. Only safe while holding ``directory``'s write lock."""
+    partial = sorted(path for path in directory.glob(".*.tmp") if path.is_file())
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
 _STAGING = ".staging-"
 _RETIRED = ".old-"
 

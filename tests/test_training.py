@@ -122,6 +122,33 @@ def test_resume_continues_exactly(synthetic_root: Path, tmp_path: Path) -> None:
         assert torch.equal(actual[key], value), key
 
 
+def test_a_run_killed_between_checkpoint_and_copies_makes_the_copies_on_resume(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgereid.training.trainer as trainer_module
+
+    recipe = tiny_recipe(synthetic_root, tmp_path, train={"checkpoint_period": 1, "eval_period": 5})
+    copy = trainer_module.atomic_copy
+
+    def killed_at_the_last_copy(source: Path, target: Path) -> None:
+        if target.name == "epoch_0002.pt":
+            raise KeyboardInterrupt  # where a SIGKILL would stop it
+        copy(source, target)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer_module, "atomic_copy", killed_at_the_last_copy)
+        with pytest.raises(KeyboardInterrupt):
+            train(recipe, show_progress=False)
+    run = tmp_path / "tiny"
+    assert load_checkpoint(run / "last.pt").epoch == 1  # last.pt moves on only once its copies exist
+    resumed = train(resume=run, show_progress=False)
+    assert resumed.start_iteration == 3 and resumed.last_metrics is not None
+    final, copied = load_checkpoint(run / "last.pt"), load_checkpoint(run / "epoch_0002.pt")
+    assert final.epoch == copied.epoch == 2
+    assert all(torch.equal(final.model_state[key], copied.model_state[key]) for key in final.model_state)
+    assert not [path.name for path in run.iterdir() if path.name.startswith(".")]  # no half-written file left
+
+
 def test_resume_refuses_a_different_recipe(synthetic_root: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe(synthetic_root, tmp_path, solver={"epochs": 1}, train={"eval_period": 5})
     run = train(recipe, show_progress=False).run_dir

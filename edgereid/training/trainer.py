@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from edgereid.atomic import atomic_copy, atomic_write_text
+from edgereid.atomic import atomic_copy, atomic_write_text, remove_partial_files
 from edgereid.data import ReIDDataset
 from edgereid.data.images import DecodedImages
 from edgereid.data.sampler import PKSampler
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
 METRICS_FILE = "metrics.jsonl"
 RECIPE_FILE = "recipe.yaml"
 LAST_CHECKPOINT = "last.pt"
+PENDING_CHECKPOINT = ".last.pending.pt"
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,8 @@ class _TrainingLoop:
         trained = self._trained_modules()
 
         self.batches = _endless(self.sampler)
-        last_metrics: dict[str, Any] | None = None
+        # A resumed run that has no epoch left still reports its last evaluation.
+        last_metrics: dict[str, Any] | None = (self.resumed.metrics or None) if self.resumed is not None else None
         writer = _TensorBoard(self.run_dir, recipe.train.tensorboard and context.is_main)
         total_iters = recipe.solver.epochs * self.iters_per_epoch
         progress = _progress(console, show_progress and context.is_main)
@@ -324,6 +327,11 @@ class _TrainingLoop:
             fresh = str(new_run_dir(recipe.train.output_dir, recipe.name, run_lock)) if context.is_main else None
             run_dir = Path(context.broadcast(fresh))
         if context.is_main:
+            # Under the run's lock, nothing else writes here: what a killed run was writing is debris.
+            partial = [*remove_partial_files(run_dir), *_remove(run_dir / PENDING_CHECKPOINT)]
+            if partial:
+                console.print(f"[dim]removed what an interrupted run left half-written: "
+                              f"{', '.join(path.name for path in partial)}[/]")
             atomic_write_text(run_dir / RECIPE_FILE, recipe_to_yaml(recipe))
             console.print(f"[bold]run[/] {run_dir}  [dim]device {self.device}, {context.world_size} process(es)[/]")
         return run_dir
@@ -587,9 +595,12 @@ class _TrainingLoop:
         samplers = context.gather(self.sampler.state_dict())
         rngs = context.gather(rng)
         if context.is_main:
-            last = self.run_dir / LAST_CHECKPOINT
+            # Written aside, copied, then renamed to last.pt: a kill before the rename leaves last.pt at the
+            # previous epoch, whose resume writes this epoch's copies again, identically. (Published first, a last.pt
+            # killed before its copies would be resumed after them, and they would never be made.)
+            pending = self.run_dir / PENDING_CHECKPOINT
             save_checkpoint(
-                last,
+                pending,
                 recipe=self.recipe,
                 model_state=self.networks[self.recipe.student].state_dict(),
                 peer_states={
@@ -612,10 +623,18 @@ class _TrainingLoop:
             )
             period = self.recipe.train.checkpoint_period
             if period is not None and epoch % period == 0:
-                atomic_copy(last, self.run_dir / f"epoch_{epoch:04d}.pt")
+                atomic_copy(pending, self.run_dir / f"epoch_{epoch:04d}.pt")
             if improved:
-                atomic_copy(last, self.run_dir / "best.pt")
+                atomic_copy(pending, self.run_dir / "best.pt")
+            os.replace(pending, self.run_dir / LAST_CHECKPOINT)
         context.barrier()
+
+
+def _remove(path: Path) -> list[Path]:
+    if path.exists():
+        path.unlink()
+        return [path]
+    return []
 
 
 def _endless(sampler: PKSampler) -> Iterator[list[int]]:
