@@ -40,6 +40,7 @@ import json
 import platform
 import random
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -67,6 +68,10 @@ from edgereid.runtime.gallery import Gallery, GalleryItem
 from edgereid.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.mutations import BYTE_MUTATIONS
+
 SIZE = (64, 32)
 GALLERY_ITEMS = 200
 GALLERY_DIM = 128
@@ -85,42 +90,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every kind's case count by this")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "fuzz.json")
     return parser.parse_args()
-
-
-# ------------------------------------------------------------------------------------------------------ mutations
-def flip_bit(data: bytes, rng: random.Random) -> bytes:
-    position = rng.randrange(len(data))
-    return data[:position] + bytes([data[position] ^ (1 << rng.randrange(8))]) + data[position + 1:]
-
-
-def truncate(data: bytes, rng: random.Random) -> bytes:
-    return data[: rng.randrange(len(data))]
-
-
-def insert_bytes(data: bytes, rng: random.Random) -> bytes:
-    position = rng.randrange(len(data) + 1)
-    return data[:position] + rng.randbytes(rng.randint(1, 64)) + data[position:]
-
-
-def delete_bytes(data: bytes, rng: random.Random) -> bytes:
-    position = rng.randrange(len(data))
-    return data[:position] + data[position + rng.randint(1, 64):]
-
-
-def overwrite_bytes(data: bytes, rng: random.Random) -> bytes:
-    length = rng.randint(2, 64)
-    position = rng.randrange(max(len(data) - length, 1))
-    return data[:position] + rng.randbytes(length) + data[position + length:]
-
-
-def random_bytes(data: bytes, rng: random.Random) -> bytes:
-    return rng.randbytes(rng.choice([0, 1, 3, 6, 64, 4096, len(data)]))
-
-
-BYTE_MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
-    mutate.__name__: mutate
-    for mutate in (flip_bit, truncate, insert_bytes, delete_bytes, overwrite_bytes, random_bytes)
-}
 
 
 def _paths(content: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -45,6 +45,22 @@ def atomic_write_text(path: Path, text: str) -> None:
         file.write(text.encode("utf-8"))
 
 
+def atomic_write_figure(figure: Any, path: Path, dpi: int = 100) -> Path:
+    """A matplotlib figure as PNG at ``path``, written atomically (a viewer never reads half a picture), and
+    closed. The canvas is the figure's fixed size (no tight bounding box), so every chart has the same pixels."""
+    import io
+
+    from matplotlib import pyplot as plt
+
+    try:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(figure)
+    atomic_write_bytes(buffer.getvalue(), path)
+    return path
+
+
 def atomic_copy(source: Path, target: Path) -> None:
     with atomic_file(target) as file, source.open("rb") as original:
         shutil.copyfileobj(original, file)

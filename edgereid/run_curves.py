@@ -9,13 +9,12 @@ is imported when a chart is drawn.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from edgereid.atomic import atomic_write_bytes
+from edgereid.atomic import atomic_write_figure
 from edgereid.errors import DataError
 
 METRICS_FILE = "metrics.jsonl"
@@ -51,15 +50,7 @@ def plot_training_curves(run: str | Path, out: str | Path | None = None) -> Path
     target = Path(out) if out is not None else metrics.parent / CURVES_FILE
     entries = read_metrics(metrics)
     figure = draw_training_curves(entries, title=f"training run {metrics.parent.name}")
-    from matplotlib import pyplot as plt
-
-    try:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=DPI)
-    finally:
-        plt.close(figure)
-    atomic_write_bytes(buffer.getvalue(), target)
-    return target
+    return atomic_write_figure(figure, target, DPI)
 
 
 def draw_training_curves(entries: list[dict[str, Any]], title: str) -> Any:

@@ -34,37 +34,11 @@ from edgereid.recipes import SHIPPED_RECIPES, load_recipe
 from edgereid.training.checkpoint import load_checkpoint
 from tests.conftest import write_image
 from tests.factories import make_checkpoint, make_small_bundle
+from tests.mutations import BYTE_MUTATIONS
 
 MUTATIONS_PER_KIND = 6
 
 
-# ------------------------------------------------------------------------------------------------------ mutations
-def flip_bit(data: bytes, rng: random.Random) -> bytes:
-    position = rng.randrange(len(data))
-    return data[:position] + bytes([data[position] ^ (1 << rng.randrange(8))]) + data[position + 1:]
-
-
-def truncate(data: bytes, rng: random.Random) -> bytes:
-    return data[: rng.randrange(len(data))]
-
-
-def insert_bytes(data: bytes, rng: random.Random) -> bytes:
-    position = rng.randrange(len(data) + 1)
-    return data[:position] + rng.randbytes(rng.randint(1, 16)) + data[position:]
-
-
-def delete_bytes(data: bytes, rng: random.Random) -> bytes:
-    position = rng.randrange(len(data))
-    return data[:position] + data[position + rng.randint(1, 16):]
-
-
-def random_bytes(data: bytes, rng: random.Random) -> bytes:
-    return rng.randbytes(rng.choice([1, 6, 64, 4096]))
-
-
-BYTE_MUTATIONS: list[Callable[[bytes, random.Random], bytes]] = [
-    flip_bit, truncate, insert_bytes, delete_bytes, random_bytes,
-]
 JUNK_FILES = {"empty": b"", "abc": b"abc", "six-byte text": b"hello\n", "nul bytes": bytes(64)}
 
 
@@ -72,7 +46,7 @@ def byte_mutants(data: bytes, seed: int) -> list[tuple[str, bytes]]:
     """A seeded sample of each byte mutation of ``data``, and the junk files every loader meets."""
     rng = random.Random(seed)
     mutants = [(f"{mutate.__name__} #{index}", mutate(data, rng))
-               for mutate in BYTE_MUTATIONS for index in range(MUTATIONS_PER_KIND)]
+               for mutate in BYTE_MUTATIONS.values() for index in range(MUTATIONS_PER_KIND)]
     return mutants + list(JUNK_FILES.items())
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgereid.atomic import atomic_write_bytes
+from edgereid.atomic import atomic_write_figure
 
 FIGURE_SIZE_IN = (12.8, 6.4)
 DPI = 100
@@ -98,18 +98,8 @@ def _plain_scalar_formatter() -> Any:
 def plot_pareto(points: Sequence[ParetoPoint], frontier: Sequence[bool], path: Path, title: str) -> str:
     """Draw ``points`` (mAP in [0, 1] against batch-1 latency) to the PNG ``path`` atomically; the x scale used
     ("linear" or "log")."""
-    import io
-
     figure, scale = draw_pareto(points, frontier, title)
-    from matplotlib import pyplot as plt
-
-    try:
-        buffer = io.BytesIO()
-        # A fixed canvas (no tight bounding box) keeps every chart the same size in pixels.
-        figure.savefig(buffer, format="png", dpi=DPI)
-    finally:
-        plt.close(figure)
-    atomic_write_bytes(buffer.getvalue(), path)
+    atomic_write_figure(figure, path, DPI)
     return scale
 
 

@@ -11,7 +11,6 @@ in grayscale too. matplotlib draws, Pillow reads and resizes the images.
 from __future__ import annotations
 
 import html
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgereid.atomic import atomic_write_bytes, atomic_write_text
+from edgereid.atomic import atomic_write_figure, atomic_write_text
 from edgereid.errors import ConfigError, DataError
 from edgereid.evaluation.rank import RankResult, evaluate_rank
 
@@ -165,15 +164,7 @@ def _frame(axes: Any, colour: str, style: str, width: float) -> None:
 
 def save_figure(figure: Any, path: Path) -> Path:
     """The figure to PNG at ``path`` atomically, and closed."""
-    from matplotlib import pyplot as plt
-
-    try:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=DPI)
-    finally:
-        plt.close(figure)
-    atomic_write_bytes(buffer.getvalue(), path)
-    return path
+    return atomic_write_figure(figure, path, DPI)
 
 
 def figure_pixels(top_k: int, rows: int = 1) -> tuple[int, int]:
