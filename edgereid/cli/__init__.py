@@ -46,12 +46,13 @@ def _register_commands() -> None:
     from edgereid.cli.demo import demo
     from edgereid.cli.export import export_command
     from edgereid.cli.gallery import gallery, search_command
+    from edgereid.cli.import_ import import_group
     from edgereid.cli.report import report_command
     from edgereid.cli.train import eval_command, train_command
     from edgereid.cli.verify import verify_command
 
     # In the order of the path: data → train → eval → export → build → verify → gallery/search → bench → report.
-    for command in (data, demo, train_command, eval_command, export_command, build_command, verify_command,
+    for command in (data, demo, import_group, train_command, eval_command, export_command, build_command, verify_command,
                     gallery, search_command, bench_command, report_command):
         cli.add_command(command)
 

@@ -341,7 +341,7 @@ def _fold_check_images(data: DataConfig) -> tuple[torch.Tensor, str]:
     from edgereid.training.data import decode_split, prepare_dataset
 
     try:
-        dataset = prepare_dataset(data)
+        dataset = prepare_dataset(data, require_train=False)
         decoded = decode_split(sorted(dataset.train, key=lambda r: str(r.path))[:FOLD_CHECK_IMAGES], data, "fold-check")
     except EdgeReIDError:
         decoded = None
@@ -392,7 +392,7 @@ def verify_bundle(
         data = data.model_copy(update={"root": Path(data_root), "synthetic": None})
     if tuple(data.size) != bundle.input_size:
         raise DataError(f"the checkpoint's input size {tuple(data.size)} differs from the bundle's {bundle.input_size}")
-    dataset = prepare_dataset(data)
+    dataset = prepare_dataset(data, require_train=False)
     if not dataset.query or not dataset.gallery:
         raise DataError(f"data set '{data.root}' has no query or no gallery split to verify on")
     remedy = more_queries_remedy(dataset.name, max_images)

@@ -20,8 +20,11 @@ from edgereid.recipes.schema import DataConfig
 ProgressCallback = Callable[[int, int], None]
 
 
-def prepare_dataset(config: DataConfig) -> ReIDDataset:
-    """The data set a recipe names; a synthetic one is generated at ``data.root`` on first use."""
+def prepare_dataset(config: DataConfig, require_train: bool = True) -> ReIDDataset:
+    """The data set a recipe names; a synthetic one is generated at ``data.root`` on first use.
+
+    ``require_train`` (training, calibration) refuses a data set without a train split; evaluation and verification
+    pass False and take a query/gallery-only data set (an imported model judged on other data)."""
     root = Path(config.root)
     if config.synthetic is not None and not root.exists():
         synthetic = config.synthetic
@@ -42,7 +45,7 @@ def prepare_dataset(config: DataConfig) -> ReIDDataset:
             name=f"{dataset.name}-holdout",
             root=dataset.root,
         )
-    if not dataset.train:
+    if require_train and not dataset.train:
         raise DataError(f"data set '{root}' has no training images; expected a train split to train on")
     return dataset
 

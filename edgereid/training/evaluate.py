@@ -120,7 +120,7 @@ def embed_splits(
         data = data.model_copy(update={"root": Path(data_root), "synthetic": None})
     if data_format is not None:
         data = data.model_copy(update={"format": data_format, "options": {}, "holdout": None})
-    dataset = prepare_dataset(data)
+    dataset = prepare_dataset(data, require_train=False)
     if not dataset.query or not dataset.gallery:
         raise DataError(
             f"data set '{data.root}' has no query or no gallery split to evaluate on (query: {len(dataset.query)}, "

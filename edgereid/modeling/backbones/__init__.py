@@ -1,6 +1,6 @@
 """The built-in backbones; importing this package registers them."""
 
-from edgereid.modeling.backbones import efficientnet, mobilenet, osnet, plaincnn, resnet
+from edgereid.modeling.backbones import efficientnet, fastreid_resnet, mobilenet, osnet, plaincnn, resnet
 from edgereid.modeling.backbones.base import Backbone
 
-__all__ = ["Backbone", "efficientnet", "mobilenet", "osnet", "plaincnn", "resnet"]
+__all__ = ["Backbone", "efficientnet", "fastreid_resnet", "mobilenet", "osnet", "plaincnn", "resnet"]

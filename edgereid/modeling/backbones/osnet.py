@@ -3,6 +3,13 @@
 timm has no OSNet. Module and key names follow torchreid, so its ImageNet checkpoints (``osnet_x1_0_imagenet.pth``)
 load as local files. The standard network has output stride 16, which is what ``last_stride: 1`` means for every
 edgereid backbone; ``last_stride: 2`` adds a 1×1 conv + 2×2 average-pool transition after conv4 (stride 32).
+
+``osnet_ibn_x1_0`` is torchreid's IBN variant: InstanceNorm in the stem and after the residual sum of conv2's
+blocks. The ``*_fc512`` names are torchreid's whole ReID model up to its test feature: the backbone, global average
+pooling and torchreid's ``fc`` (Linear 512 + BN + ReLU), broadcast over the conv5 map's positions (a B×512×h×w
+map at the usual output stride, every position the same feature). With ``pooling: avg`` and
+``head.neck_feat: before`` the edgereid model's embedding is then exactly torchreid's eval-mode output, which is
+how ``edgereid import torchreid`` expresses torchreid's model-zoo files.
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ from edgereid.modeling.registry import register_backbone
 
 
 class ConvLayer(nn.Module):
-    """conv + BN + ReLU (the 7×7 stem)."""
+    """conv + BN (or InstanceNorm: torchreid's ``IN=True`` stem) + ReLU (the 7×7 stem)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, instance_norm: bool = False
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
+        self.bn: nn.Module = nn.InstanceNorm2d(cout, affine=True) if instance_norm else nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -75,9 +84,10 @@ class ChannelGate(nn.Module):
 
 
 class OSBlock(nn.Module):
-    """Four streams of 1–4 stacked lite 3×3 convs (receptive fields 3, 5, 7, 9), gated and summed, + residual."""
+    """Four streams of 1–4 stacked lite 3×3 convs (receptive fields 3, 5, 7, 9), gated and summed, + residual
+    (with ``instance_norm``, torchreid's ``IN``: InstanceNorm on the sum before the ReLU)."""
 
-    def __init__(self, cin: int, cout: int, bottleneck_reduction: int = 4) -> None:
+    def __init__(self, cin: int, cout: int, bottleneck_reduction: int = 4, instance_norm: bool = False) -> None:
         super().__init__()
         mid = cout // bottleneck_reduction
         self.conv1 = Conv1x1(cin, mid)
@@ -88,6 +98,7 @@ class OSBlock(nn.Module):
         self.gate = ChannelGate(mid)
         self.conv3 = Conv1x1Linear(mid, cout)
         self.downsample = Conv1x1Linear(cin, cout) if cin != cout else None
+        self.IN = nn.InstanceNorm2d(cout, affine=True) if instance_norm else None
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -95,12 +106,15 @@ class OSBlock(nn.Module):
         x2 = self.gate(self.conv2a(x1)) + self.gate(self.conv2b(x1)) + self.gate(self.conv2c(x1))
         x2 = x2 + self.gate(self.conv2d(x1))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.conv3(x2) + identity)
+        out = self.conv3(x2) + identity
+        if self.IN is not None:
+            out = self.IN(out)
+        return self.relu(out)
 
 
-def _stage(cin: int, cout: int, blocks: int, reduce: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [OSBlock(cin, cout)]
-    layers += [OSBlock(cout, cout) for _ in range(blocks - 1)]
+def _stage(cin: int, cout: int, blocks: int, reduce: bool, instance_norm: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = [OSBlock(cin, cout, instance_norm=instance_norm)]
+    layers += [OSBlock(cout, cout, instance_norm=instance_norm) for _ in range(blocks - 1)]
     if reduce:
         layers.append(nn.Sequential(Conv1x1(cout, cout), nn.AvgPool2d(2, stride=2)))
     return nn.Sequential(*layers)
@@ -109,16 +123,28 @@ def _stage(cin: int, cout: int, blocks: int, reduce: bool) -> nn.Sequential:
 class OSNet(Backbone):
     ignored_prefixes = ("fc.", "classifier.")
 
-    def __init__(self, channels: tuple[int, int, int, int], last_stride: int = 1, blocks: int = 2) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, int, int, int],
+        last_stride: int = 1,
+        blocks: int = 2,
+        instance_norm: bool = False,
+        fc_dim: int | None = None,
+    ) -> None:
         super().__init__()
         c0, c1, c2, c3 = channels
-        self.conv1 = ConvLayer(3, c0, 7, stride=2, padding=3)
+        self.conv1 = ConvLayer(3, c0, 7, stride=2, padding=3, instance_norm=instance_norm)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.conv2 = _stage(c0, c1, blocks, reduce=True)
+        self.conv2 = _stage(c0, c1, blocks, reduce=True, instance_norm=instance_norm)
         self.conv3 = _stage(c1, c2, blocks, reduce=True)
         self.conv4 = _stage(c2, c3, blocks, reduce=last_stride == 2)
         self.conv5 = Conv1x1(c3, c3)
         self.channels = c3
+        # torchreid's feature layer: global average pooling, then Linear + BatchNorm1d + ReLU.
+        self.fc: nn.Sequential | None = None
+        if fc_dim is not None:
+            self.fc = nn.Sequential(nn.Linear(c3, fc_dim), nn.BatchNorm1d(fc_dim), nn.ReLU(inplace=True))
+            self.channels = fc_dim
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -128,13 +154,21 @@ class OSNet(Backbone):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
+            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.conv1(x))
-        return self.conv5(self.conv4(self.conv3(self.conv2(x))))
+        x = self.conv5(self.conv4(self.conv3(self.conv2(x))))
+        if self.fc is None:
+            return x
+        # torchreid's feature at every position of the map: the backbone keeps its output stride (the local branch
+        # sees h stripes), and global pooling returns the feature itself.
+        return self.fc(x.mean(dim=(2, 3)))[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
 
 
 _WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -145,13 +179,23 @@ _WIDTHS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
+# torchreid's feature width after its fc layer (``feature_dim=512`` for every OSNet of its model zoo).
+TORCHREID_FC_DIM = 512
+_FC_SUFFIX = f"_fc{TORCHREID_FC_DIM}"
+_IBN = "osnet_ibn_x1_0"
+
+
 def _osnet(cfg: BackboneConfig) -> OSNet:
     reject_options(cfg.name, ibn=cfg.ibn, non_local=cfg.non_local)
     refuse_imagenet_download(
         cfg, "timm and torchvision lack OSNet: give the path of torchreid's ImageNet file instead"
     )
-    return OSNet(_WIDTHS[cfg.name], last_stride=cfg.last_stride)
+    name = cfg.name.removesuffix(_FC_SUFFIX)
+    widths = _WIDTHS["osnet_x1_0" if name == _IBN else name]
+    fc_dim = TORCHREID_FC_DIM if cfg.name.endswith(_FC_SUFFIX) else None
+    return OSNet(widths, last_stride=cfg.last_stride, instance_norm=name == _IBN, fc_dim=fc_dim)
 
 
-for _name in _WIDTHS:
+for _name in [*_WIDTHS, _IBN]:
     register_backbone(_name)(_osnet)
+    register_backbone(_name + _FC_SUFFIX)(_osnet)

@@ -1,0 +1,282 @@
+"""FastReID (``config.yaml`` + ``model_final.pth``) → an edgereid checkpoint.
+
+The ``Baseline`` meta-architecture as FastReID dumps its configuration: ResNet 18/34/50/101 with IBN-a and non-local
+blocks (edgereid's ``fastreid_resnet*`` backbones: FastReID's stem pooling and non-local width), the
+``EmbeddingHead`` with average/max/GeM/GeM-P pooling, the BN-neck and the reduction to ``EMBEDDING_DIM``, last
+stride, ``INPUT.SIZE_TEST`` and ``MODEL.PIXEL_MEAN/PIXEL_STD`` (FastReID's 0–255 units, divided by 255 for
+edgereid's [0, 1] images).
+
+FastReID's eval output is always the feature after its neck (``NECK_FEAT`` only picks the training-time metric
+feature), so the imported model's embedding is the post-neck feature. A reduction (``EMBEDDING_DIM > 0``) is a
+bias-free 1×1 conv followed by the BN-neck: in eval mode both are one affine map, imported as edgereid's ``linear``
+neck with the BN folded in (exact; fine-tuning then trains that Linear without a BN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from edgereid.errors import ConfigError
+from edgereid.importers.common import (
+    DataSource,
+    ImportResult,
+    Preprocessing,
+    build_model,
+    load_mapped_weights,
+    read_weights,
+    sha256_file,
+    write_checkpoint,
+)
+from edgereid.modeling.config import ModelConfig
+
+LIBRARY = "fastreid"
+_DEPTHS = {"18x": "fastreid_resnet18", "34x": "fastreid_resnet34", "50x": "fastreid_resnet50",
+           "101x": "fastreid_resnet101"}
+_POOLING = {
+    "GlobalAvgPool": "avg",
+    "FastGlobalAvgPool": "avg",
+    "GlobalMaxPool": "max",
+    "GeneralizedMeanPooling": "gem",
+    "GeneralizedMeanPoolingP": "gem_learnable",
+}
+_POOLING_MISSING = {
+    "AdaptiveAvgMaxPool": "edgereid has no average+max pooling",
+    "ClipGlobalAvgPool": "edgereid has no clipped average pooling",
+    "Identity": "the head needs a global pooling",
+    "Flatten": "the head needs a global pooling",
+}
+_CLASSIFIERS = {"Linear": "linear", "ArcSoftmax": "arcface", "CircleSoftmax": "circle", "CosSoftmax": "cosface"}
+_NORMS = ("BN", "syncBN", "GhostBN")
+_EPS = 1e-5  # FastReID's BatchNorm eps (torch's default)
+
+
+def _get(config: Mapping[str, Any], dotted: str, default: Any, path: Path) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"FastReID config '{path}': {dotted} is not a mapping path (at '{part}')")
+        if part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _refuse(path: Path, key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"FastReID config '{path}': {key} {value!r} is not supported; expected {expected}")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The dumped FastReID configuration as a mapping (YAML only: nothing in it runs)."""
+    if not path.is_file():
+        raise ConfigError(f"FastReID config '{path}' does not exist; expected the config.yaml of the training run")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"FastReID config '{path}' is not YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(content, dict) or not isinstance(content.get("MODEL"), dict):
+        raise ConfigError(f"FastReID config '{path}' has no MODEL section; expected the config.yaml FastReID dumps")
+    if "_BASE_" in content:
+        raise ConfigError(
+            f"FastReID config '{path}': _BASE_ {content['_BASE_']!r} is not resolved; give the config.yaml FastReID "
+            "dumps into its output directory (every key spelled out)"
+        )
+    return content
+
+
+def model_from_config(config: Mapping[str, Any], path: Path) -> tuple[ModelConfig, Preprocessing, dict[str, Any]]:
+    """The edgereid model section, the preprocessing and the head facts (embedding_dim, bnneck) for ``config``."""
+    meta = _get(config, "MODEL.META_ARCHITECTURE", "Baseline", path)
+    if meta != "Baseline":
+        raise _refuse(path, "MODEL.META_ARCHITECTURE", meta,
+                      "'Baseline' (MGN, MoCo, Distiller and other multi-branch models are not supported yet)")
+    backbone = _get(config, "MODEL.BACKBONE.NAME", "build_resnet_backbone", path)
+    if backbone != "build_resnet_backbone":
+        raise _refuse(path, "MODEL.BACKBONE.NAME", backbone, "'build_resnet_backbone' (ResNet 18/34/50/101)")
+    depth = str(_get(config, "MODEL.BACKBONE.DEPTH", "50x", path))
+    if depth not in _DEPTHS:
+        raise _refuse(path, "MODEL.BACKBONE.DEPTH", depth, f"one of {', '.join(_DEPTHS)}")
+    if _get(config, "MODEL.BACKBONE.WITH_SE", False, path):
+        raise _refuse(path, "MODEL.BACKBONE.WITH_SE", True, "False (edgereid's ResNets have no SE blocks)")
+    for key in ("MODEL.BACKBONE.NORM", "MODEL.HEADS.NORM"):
+        norm = _get(config, key, "BN", path)
+        if norm not in _NORMS:
+            raise _refuse(path, key, norm, f"one of {', '.join(_NORMS)} (batch norm in eval mode)")
+    last_stride = _get(config, "MODEL.BACKBONE.LAST_STRIDE", 1, path)
+    if last_stride not in (1, 2):
+        raise _refuse(path, "MODEL.BACKBONE.LAST_STRIDE", last_stride, "1 or 2")
+    head = _get(config, "MODEL.HEADS.NAME", "EmbeddingHead", path)
+    if head != "EmbeddingHead":
+        raise _refuse(path, "MODEL.HEADS.NAME", head, "'EmbeddingHead'")
+    pool = _get(config, "MODEL.HEADS.POOL_LAYER", "GlobalAvgPool", path)
+    if pool not in _POOLING:
+        reason = _POOLING_MISSING.get(pool, "not a FastReID pooling layer")
+        raise _refuse(path, "MODEL.HEADS.POOL_LAYER", pool, f"one of {', '.join(_POOLING)} ({reason})")
+    cls_layer = _get(config, "MODEL.HEADS.CLS_LAYER", "Linear", path)
+    if cls_layer not in _CLASSIFIERS:
+        raise _refuse(path, "MODEL.HEADS.CLS_LAYER", cls_layer, f"one of {', '.join(_CLASSIFIERS)}")
+    embedding_dim = int(_get(config, "MODEL.HEADS.EMBEDDING_DIM", 0, path) or 0)
+    with_bnneck = bool(_get(config, "MODEL.HEADS.WITH_BNNECK", False, path))
+    with_nl = bool(_get(config, "MODEL.BACKBONE.WITH_NL", False, path))
+    name = _DEPTHS[depth]
+    non_local = [2, 3] if with_nl and depth in ("50x", "101x") else []
+    classifier: dict[str, Any] = {"kind": _CLASSIFIERS[cls_layer]}
+    if cls_layer != "Linear":
+        classifier |= {"scale": float(_get(config, "MODEL.HEADS.SCALE", 1, path)),
+                       "margin": float(_get(config, "MODEL.HEADS.MARGIN", 0.0, path))}
+    if embedding_dim > 0:
+        head_cfg: dict[str, Any] = {"kind": "linear", "embedding_dim": embedding_dim, "neck_feat": "after"}
+    else:
+        head_cfg = {"kind": "bnneck", "neck_feat": "after" if with_bnneck else "before"}
+    model = ModelConfig.model_validate({
+        "backbone": {"name": name, "last_stride": last_stride, "ibn": "a" if _get(
+            config, "MODEL.BACKBONE.WITH_IBN", False, path) else None, "non_local": non_local},
+        "pooling": _POOLING[pool],
+        "gem_p": 3.0,
+        "head": head_cfg,
+        "classifier": classifier,
+    })
+    size = _get(config, "INPUT.SIZE_TEST", [256, 128], path)
+    mean = _get(config, "MODEL.PIXEL_MEAN", [0.485 * 255, 0.456 * 255, 0.406 * 255], path)
+    std = _get(config, "MODEL.PIXEL_STD", [0.229 * 255, 0.224 * 255, 0.225 * 255], path)
+    for key, value, count in (("INPUT.SIZE_TEST", size, 2), ("MODEL.PIXEL_MEAN", mean, 3), ("MODEL.PIXEL_STD", std, 3)):
+        if not isinstance(value, list | tuple) or len(value) != count or not all(
+            isinstance(item, int | float) and not isinstance(item, bool) for item in value
+        ):
+            raise _refuse(path, key, value, f"a list of {count} numbers")
+    if min(std) <= 0:
+        raise _refuse(path, "MODEL.PIXEL_STD", std, "positive values")
+    preprocessing = Preprocessing(
+        size=(int(size[0]), int(size[1])),
+        mean=(mean[0] / 255.0, mean[1] / 255.0, mean[2] / 255.0),
+        std=(std[0] / 255.0, std[1] / 255.0, std[2] / 255.0),
+    )
+    facts = {"embedding_dim": embedding_dim, "with_bnneck": with_bnneck, "meta_architecture": meta,
+             "depth": depth, "pool_layer": pool, "neck_feat": _get(config, "MODEL.HEADS.NECK_FEAT", "before", path)}
+    return model, preprocessing, facts
+
+
+def _fold_reduction(state: dict[str, Tensor], with_bnneck: bool) -> dict[str, Tensor]:
+    """FastReID's reduction (1×1 conv, then the BN-neck) as one Linear: ``heads.neck.project.weight/bias``."""
+    conv = state["heads.bottleneck.0.weight"]
+    weight = conv.reshape(conv.shape[0], -1).double()
+    bias = torch.zeros(conv.shape[0], dtype=torch.float64)
+    if with_bnneck:
+        gamma = state["heads.bottleneck.1.weight"].double()
+        beta = state["heads.bottleneck.1.bias"].double()
+        mean = state["heads.bottleneck.1.running_mean"].double()
+        var = state["heads.bottleneck.1.running_var"].double()
+        scale = gamma / torch.sqrt(var + _EPS)
+        weight = weight * scale[:, None]
+        bias = beta - mean * scale
+    return {"heads.neck.project.weight": weight.float(), "heads.neck.project.bias": bias.float()}
+
+
+def _map_keys(state: Mapping[str, Tensor], facts: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """FastReID's keys → edgereid's, and edgereid's → FastReID's (to name keys in errors)."""
+    mapped: dict[str, Tensor] = {}
+    source: dict[str, str] = {}
+    reduction = facts["embedding_dim"] > 0
+    for key, value in state.items():
+        if key in ("pixel_mean", "pixel_std"):  # persistent in old FastReID versions; the config has them
+            continue
+        if key.startswith("backbone.NL_"):
+            stage, _, rest = key[len("backbone.NL_") :].partition(".")
+            new = f"backbone.non_local.stage{stage}.{rest}"
+        elif key.startswith("backbone."):
+            new = "backbone.body." + key[len("backbone.") :]
+        elif key == "heads.pool_layer.p":
+            new = "heads.pool.p"
+        elif key == "heads.weight":
+            new = "heads.classifier.weight"
+        elif key.startswith("heads.bottleneck.") and not reduction:
+            new = "heads.neck.bn." + key.split(".", 3)[3]
+        elif key.startswith("heads.bottleneck.") and reduction:
+            continue  # folded below
+        else:
+            new = key
+        mapped[new] = value
+        source[new] = key
+    if reduction:
+        needed = ["heads.bottleneck.0.weight"] + (
+            [f"heads.bottleneck.1.{name}" for name in ("weight", "bias", "running_mean", "running_var")]
+            if facts["with_bnneck"] else []
+        )
+        absent = [key for key in needed if key not in state]
+        if not absent:
+            for new, value in _fold_reduction(dict(state), facts["with_bnneck"]).items():
+                mapped[new] = value
+                source[new] = "heads.bottleneck"
+        else:
+            source["heads.neck.project.weight"] = absent[0]
+            source["heads.neck.project.bias"] = absent[-1]
+    return mapped, source
+
+
+def _source_name(key: str) -> str:
+    """An edgereid key as FastReID names it (for keys the file lacks)."""
+    if key.startswith("backbone.body."):
+        return "backbone." + key[len("backbone.body.") :]
+    if key.startswith("backbone.non_local.stage"):
+        stage, _, rest = key[len("backbone.non_local.stage") :].partition(".")
+        return f"backbone.NL_{stage}.{rest}"
+    renamed = {"heads.pool.p": "heads.pool_layer.p", "heads.classifier.weight": "heads.weight"}
+    if key in renamed:
+        return renamed[key]
+    if key.startswith("heads.neck.bn."):
+        return "heads.bottleneck.0." + key[len("heads.neck.bn.") :]
+    if key.startswith("heads.neck.project."):
+        return "heads.bottleneck"
+    return key
+
+
+def import_fastreid(config_path: Path, weights: Path, out: Path, *, data: DataSource | None = None) -> ImportResult:
+    """Import a FastReID ``Baseline`` model (its dumped ``config.yaml`` and weights) into an edgereid checkpoint
+    at ``out``. Nothing is written when the configuration or the weights do not fit."""
+    config_path, weights = Path(config_path), Path(weights)
+    config = read_config(config_path)
+    cfg, preprocessing, facts = model_from_config(config, config_path)
+    state, _ = read_weights(weights, LIBRARY)
+    classifier = state.get("heads.weight")
+    num_classes = int(classifier.shape[0]) if classifier is not None and classifier.dim() == 2 else 1
+    model = build_model(cfg, num_classes)
+    mapped, source = _map_keys(state, facts)
+    # Parts with nothing to import: a fixed GeM's p (a config constant), the BN of a neck FastReID does not have.
+    defaults = {"heads.pool.p"} if cfg.pooling == "gem" else set()
+    if facts["embedding_dim"] == 0 and not facts["with_bnneck"]:
+        defaults |= {key for key in model.state_dict() if key.startswith("heads.neck.bn.")}
+    for key in defaults:
+        mapped.setdefault(key, model.state_dict()[key])
+    load_mapped_weights(
+        model,
+        mapped,
+        path=weights,
+        what=f"the FastReID model '{config_path}' describes ({facts['depth']} ResNet, {facts['pool_layer']})",
+        source_key=lambda key: source.get(key) or _source_name(key),
+    )
+    provenance: dict[str, Any] = {
+        "library": LIBRARY,
+        "arch": f"Baseline/{cfg.backbone.name}",
+        "file": str(weights.resolve()),
+        "sha256": sha256_file(weights),
+        "config": str(config_path.resolve()),
+        "config_sha256": sha256_file(config_path),
+        "neck_feat": facts["neck_feat"],
+    }
+    notes = []
+    if facts["embedding_dim"] > 0:
+        notes.append("the reduction conv and BN-neck are folded into one Linear (exact in eval mode)")
+    return write_checkpoint(
+        out,
+        name=f"fastreid-{cfg.backbone.name.removeprefix('fastreid_')}-imported",
+        model=model,
+        preprocessing=preprocessing,
+        provenance=provenance,
+        notes=notes,
+        data=data,
+    )

@@ -1,0 +1,201 @@
+"""`edgereid import fastreid`: the imported model's embedding equals FastReID's own `build_model(cfg)` in eval mode,
+with FastReID's preprocessing (0–255 pixels, PIXEL_MEAN/PIXEL_STD) against edgereid's ([0, 1], mean/std / 255)."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from edgereid.cli import cli
+from edgereid.errors import ConfigError, DataError
+from edgereid.importers.fastreid import import_fastreid
+from edgereid.training.checkpoint import load_checkpoint
+from edgereid.training.evaluate import build_model
+from tests.reid_refs import max_cosine_distance, randomize, reference_library
+
+COSINE_TOLERANCE = 1e-5
+
+# FastReID's model-zoo configurations (configs/Base-bagtricks.yml, Base-AGW.yml, Base-SBS.yml and the -ibn, R101
+# and VeRi variants), as the keys they set over FastReID's defaults.
+_BOT = {"MODEL.HEADS.WITH_BNNECK": True, "MODEL.HEADS.NECK_FEAT": "before", "MODEL.HEADS.POOL_LAYER": "GlobalAvgPool"}
+_AGW = _BOT | {"MODEL.BACKBONE.WITH_NL": True, "MODEL.HEADS.POOL_LAYER": "GeneralizedMeanPooling"}
+_SBS = _BOT | {
+    "MODEL.BACKBONE.WITH_NL": True, "MODEL.HEADS.NECK_FEAT": "after", "MODEL.HEADS.POOL_LAYER":
+    "GeneralizedMeanPoolingP", "MODEL.HEADS.CLS_LAYER": "CircleSoftmax", "MODEL.HEADS.SCALE": 64,
+    "MODEL.HEADS.MARGIN": 0.35, "INPUT.SIZE_TEST": [384, 128],
+}
+_IBN = {"MODEL.BACKBONE.WITH_IBN": True}
+_R101 = {"MODEL.BACKBONE.DEPTH": "101x"}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "bagtricks_R50": _BOT,
+    "bagtricks_R50-ibn": _BOT | _IBN,
+    "bagtricks_R101-ibn": _BOT | _IBN | _R101,
+    "AGW_R50": _AGW,
+    "AGW_R50-ibn": _AGW | _IBN,
+    "AGW_R101": _AGW | _R101,
+    "sbs_R50": _SBS,
+    "sbs_R50-ibn": _SBS | _IBN,
+    "sbs_R101-ibn": _SBS | _IBN | _R101,
+    "VeRi_sbs_R50-ibn": _SBS | _IBN | {"INPUT.SIZE_TEST": [256, 256]},
+    "R18_max_reduction": _BOT | {"MODEL.BACKBONE.DEPTH": "18x", "MODEL.BACKBONE.FEAT_DIM": 512,
+                                 "MODEL.HEADS.POOL_LAYER": "GlobalMaxPool", "MODEL.HEADS.EMBEDDING_DIM": 128,
+                                 "MODEL.BACKBONE.LAST_STRIDE": 2},
+    "R34_no_bnneck_custom_pixels": {"MODEL.BACKBONE.DEPTH": "34x", "MODEL.BACKBONE.FEAT_DIM": 512,
+                                    "MODEL.HEADS.WITH_BNNECK": False, "MODEL.PIXEL_MEAN": [120.0, 110.0, 100.0],
+                                    "MODEL.PIXEL_STD": [60.0, 50.0, 55.0]},
+    "R50_gem_reduction_arcface": _BOT | {"MODEL.HEADS.POOL_LAYER": "GeneralizedMeanPoolingP",
+                                         "MODEL.HEADS.EMBEDDING_DIM": 256, "MODEL.HEADS.CLS_LAYER": "ArcSoftmax",
+                                         "MODEL.HEADS.SCALE": 30, "MODEL.HEADS.MARGIN": 0.3},
+}
+
+
+def fastreid_config(settings: dict[str, Any], num_classes: int = 11) -> Any:
+    config = reference_library("fastreid.config")
+    cfg = config.get_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    cfg.MODEL.HEADS.NUM_CLASSES = num_classes
+    for dotted, value in settings.items():
+        node = cfg
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = getattr(node, part)
+        setattr(node, last, value)
+    return cfg
+
+
+def fastreid_model(cfg: Any) -> torch.nn.Module:
+    modeling = reference_library("fastreid.modeling")
+    height, width = cfg.INPUT.SIZE_TEST
+    return randomize(modeling.build_model(cfg), torch.rand(6, 3, height, width) * 255)
+
+
+def save_like_fastreid(cfg: Any, model: torch.nn.Module, directory: Path) -> tuple[Path, Path]:
+    """config.yaml as `default_setup` dumps it; model_final.pth as its Checkpointer saves."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "config.yaml"
+    config.write_text(cfg.dump())
+    weights = directory / "model_final.pth"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": 1200}, weights)
+    return config, weights
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_embedding_equals_fastreid(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(zlib.crc32(name.encode()))
+    cfg = fastreid_config(CONFIGS[name])
+    reference = fastreid_model(cfg)
+    config, weights = save_like_fastreid(cfg, reference, tmp_path)
+    out = tmp_path / "imported.pt"
+    result = import_fastreid(config, weights, out)
+    height, width = cfg.INPUT.SIZE_TEST
+    images = torch.rand(3, 3, height, width)  # [0, 1] pixels
+    with torch.no_grad():
+        expected = reference(images * 255)  # FastReID: 0–255 pixels, its pixel_mean/pixel_std
+    checkpoint = load_checkpoint(out)
+    data = checkpoint.recipe.data
+    mean = torch.tensor(data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(data.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        embedding = build_model(checkpoint).eval()((images - mean) / std)
+    assert torch.isfinite(expected).all(), "the reference's random weights overflowed: change the seed"
+    distance = max_cosine_distance(expected, embedding)
+    print(f"{name}: max(1 - cosine) = {distance:.2e}")
+    assert distance <= COSINE_TOLERANCE, (name, distance)
+    assert data.size == (height, width)
+    assert data.mean == pytest.approx(tuple(value / 255 for value in cfg.MODEL.PIXEL_MEAN))
+    assert checkpoint.metrics["imported"]["library"] == "fastreid"
+    assert result.model.backbone.ibn == ("a" if cfg.MODEL.BACKBONE.WITH_IBN else None)
+
+
+def test_cli_import(tmp_path: Path) -> None:
+    cfg = fastreid_config(_BOT | {"MODEL.BACKBONE.DEPTH": "18x", "MODEL.BACKBONE.FEAT_DIM": 512})
+    config, weights = save_like_fastreid(cfg, fastreid_model(cfg), tmp_path)
+    out = tmp_path / "ck.pt"
+    result = CliRunner().invoke(cli, ["import", "fastreid", str(config), str(weights), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "imported fastreid" in result.output and out.is_file()
+
+
+def _dumped(tmp_path: Path, changes: dict[str, Any]) -> Path:
+    cfg = fastreid_config(_BOT | {"MODEL.BACKBONE.DEPTH": "18x", "MODEL.BACKBONE.FEAT_DIM": 512})
+    content = yaml.safe_load(cfg.dump())
+    for dotted, value in changes.items():
+        node = content
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("MODEL.META_ARCHITECTURE", "MGN", "multi-branch"),
+        ("MODEL.BACKBONE.NAME", "build_osnet_backbone", "build_resnet_backbone"),
+        ("MODEL.BACKBONE.DEPTH", "152x", "one of 18x"),
+        ("MODEL.BACKBONE.WITH_SE", True, "SE blocks"),
+        ("MODEL.HEADS.NAME", "ClasHead", "EmbeddingHead"),
+        ("MODEL.HEADS.POOL_LAYER", "AdaptiveAvgMaxPool", "no average\\+max pooling"),
+        ("MODEL.HEADS.POOL_LAYER", "ClipGlobalAvgPool", "no clipped average pooling"),
+        ("MODEL.HEADS.POOL_LAYER", "NoSuchPool", "not a FastReID pooling layer"),
+        ("MODEL.HEADS.CLS_LAYER", "NoSuchSoftmax", "one of Linear"),
+        ("MODEL.BACKBONE.NORM", "FrozenBN", "one of BN"),
+    ],
+)
+def test_unsupported_configurations_are_refused(key: str, value: Any, expected: str, tmp_path: Path) -> None:
+    config = _dumped(tmp_path, {key: value})
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": {"x": torch.zeros(1)}}, weights)
+    out = tmp_path / "ck.pt"
+    with pytest.raises(ConfigError, match=expected) as error:
+        import_fastreid(config, weights, out)
+    message = str(error.value)
+    assert "\n" not in message and str(config) in message and key in message and repr(value) in message
+    assert not out.exists()
+
+
+def test_unresolved_base_and_non_yaml_are_refused(tmp_path: Path) -> None:
+    weights = tmp_path / "w.pth"
+    torch.save({"model": {}}, weights)
+    base = tmp_path / "sbs.yml"
+    base.write_text("_BASE_: ../Base-SBS.yml\nMODEL:\n  BACKBONE:\n    WITH_IBN: True\n")
+    with pytest.raises(ConfigError, match="_BASE_"):
+        import_fastreid(base, weights, tmp_path / "ck.pt")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("MODEL: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not YAML"):
+        import_fastreid(broken, weights, tmp_path / "ck.pt")
+    with pytest.raises(ConfigError, match="does not exist"):
+        import_fastreid(tmp_path / "missing.yaml", weights, tmp_path / "ck.pt")
+    assert not (tmp_path / "ck.pt").exists()
+
+
+def test_weights_of_another_model_are_refused_with_the_keys(tmp_path: Path) -> None:
+    r18 = fastreid_config(_BOT | {"MODEL.BACKBONE.DEPTH": "18x", "MODEL.BACKBONE.FEAT_DIM": 512})
+    _, weights = save_like_fastreid(r18, fastreid_model(r18), tmp_path / "r18")
+    r34_config = _dumped(tmp_path, {"MODEL.BACKBONE.DEPTH": "34x"})
+    out = tmp_path / "ck.pt"
+    with pytest.raises(DataError) as error:
+        import_fastreid(r34_config, weights, out)
+    message = str(error.value)
+    assert "\n" not in message and str(weights) in message
+    assert "missing backbone.layer1.2.conv1.weight" in message  # FastReID's own key names
+    assert not out.exists()
+    # A mis-shaped tensor: the classifier's width does not match the reduction in the config.
+    state = torch.load(weights, weights_only=True)["model"]
+    state["heads.bottleneck.0.weight"] = torch.ones(256)
+    torch.save({"model": state}, weights)
+    with pytest.raises(DataError, match=r"mis-shaped heads\.bottleneck\.0\.weight \(256,\) \(expected \(512,\)\)"):
+        import_fastreid(_dumped(tmp_path, {}), weights, out)
+    assert not out.exists()

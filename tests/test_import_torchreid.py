@@ -1,0 +1,108 @@
+"""`edgereid import torchreid`: the imported model's embedding equals torchreid's own eval-mode output."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgereid.cli import cli
+from edgereid.errors import ConfigError
+from edgereid.importers.torchreid import SUPPORTED, UNSUPPORTED, import_torchreid
+from edgereid.training.checkpoint import load_checkpoint
+from edgereid.training.evaluate import build_model
+from tests.reid_refs import max_cosine_distance, randomize, reference_library
+
+COSINE_TOLERANCE = 1e-5  # cosine ≥ 0.99999 per image
+
+
+def _torchreid_model(arch: str, num_classes: int = 13) -> torch.nn.Module:
+    models = reference_library("torchreid.reid.models")
+    network = models.build_model(arch, num_classes, pretrained=False)
+    return randomize(network, torch.randn(6, 3, 256, 128), seed=len(arch))
+
+
+def _imported_embedding(checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
+    model = build_model(load_checkpoint(checkpoint)).eval()
+    with torch.no_grad():
+        return model(images)
+
+
+@pytest.mark.parametrize("arch", sorted(SUPPORTED))
+def test_embedding_equals_torchreid(arch: str, tmp_path: Path) -> None:
+    torch.manual_seed(zlib.crc32(arch.encode()))
+    reference = _torchreid_model(arch)
+    images = torch.randn(3, 3, 256, 128)
+    with torch.no_grad():
+        expected = reference(images)
+    assert torch.isfinite(expected).all()
+    # A model-zoo file (a bare state dict) and a training checkpoint as torchreid's engine writes it: the state
+    # dict under `state_dict` with DataParallel's `module.` prefixes, rank1 as a numpy scalar, the optimizer state.
+    zoo = tmp_path / f"{arch}.pth"
+    torch.save(reference.state_dict(), zoo)
+    training = tmp_path / "model.pth.tar-3"
+    optimizer = torch.optim.Adam(reference.parameters())
+    torch.save(
+        {
+            "state_dict": {f"module.{key}": value for key, value in reference.state_dict().items()},
+            "epoch": 3,
+            "rank1": np.float64(0.5),
+            "optimizer": optimizer.state_dict(),
+        },
+        training,
+    )
+    for source in (zoo, training):
+        out = tmp_path / f"{source.name}.edgereid.pt"
+        result = import_torchreid(arch, source, out)
+        embedding = _imported_embedding(out, images)
+        distance = max_cosine_distance(expected, embedding)
+        print(f"{arch} {source.name}: max(1 - cosine) = {distance:.2e}")
+        assert distance <= COSINE_TOLERANCE, (arch, source.name, distance)
+        checkpoint = load_checkpoint(out)
+        assert checkpoint.recipe.data.size == (256, 128)
+        assert checkpoint.recipe.data.mean == pytest.approx((0.485, 0.456, 0.406))
+        assert checkpoint.metrics["imported"]["library"] == "torchreid"
+        assert checkpoint.metrics["imported"]["arch"] == arch
+        assert len(checkpoint.metrics["imported"]["sha256"]) == 64
+        assert result.path == out
+
+
+def test_cli_import_and_preprocessing_options(tmp_path: Path) -> None:
+    reference = _torchreid_model("osnet_x0_25")
+    weights = tmp_path / "osnet_x0_25.pth"
+    torch.save(reference.state_dict(), weights)
+    out = tmp_path / "ck.pt"
+    result = CliRunner().invoke(cli, [
+        "import", "torchreid", "osnet_x0_25", str(weights), "--out", str(out), "--size", "128", "64",
+        "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["preprocessing"] == {"size": [128, 64], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    assert payload["model"]["backbone"]["name"] == "osnet_x0_25_fc512"
+    recipe = load_checkpoint(out).recipe
+    assert recipe.data.size == (128, 64) and recipe.data.std == (0.25, 0.25, 0.25)
+    images = torch.randn(2, 3, 128, 64)
+    with torch.no_grad():
+        expected = reference(images)
+    assert max_cosine_distance(expected, _imported_embedding(out, images)) <= COSINE_TOLERANCE
+
+
+@pytest.mark.parametrize("arch", [*sorted(UNSUPPORTED), "resnet50_fc512", "no_such_net"])
+def test_unsupported_architectures_are_refused(arch: str, tmp_path: Path) -> None:
+    weights = tmp_path / "w.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, weights)
+    out = tmp_path / "ck.pt"
+    with pytest.raises(ConfigError, match=f"torchreid architecture '{arch}' is not") as error:
+        import_torchreid(arch, weights, out)
+    assert "\n" not in str(error.value)
+    assert "osnet_x1_0" in str(error.value)  # the supported names are listed
+    assert not out.exists()
+    result = CliRunner().invoke(cli, ["import", "torchreid", arch, str(weights), "--out", str(out)])
+    assert result.exit_code == 2 and "is not" in result.output
+    assert not out.exists()
