@@ -125,6 +125,15 @@ def test_demo_quick_runs_the_whole_path_and_reports(tmp_path: Path) -> None:
     report = json.loads((out / "report" / "report.json").read_text())
     (group,) = report["groups"]
     assert len(group["rows"]) == 4 and (out / "report" / "pareto.png").is_file()
+    # The pictures: ranked lists, where INT8 ranks differently, the training curves — drawn and linked.
+    ranked = sorted((out / "pictures" / "ranked-lists").glob("query-*.png"))
+    differences = sorted((out / "pictures" / "precisions").glob("*.png"))
+    curves = sorted((out / "report").glob("curves-*.png"))
+    assert ranked and differences and curves and (run / "curves.png").is_file()
+    for picture in (*ranked, *differences, *curves):
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
+    html = (out / "report" / "report.html").read_text()
+    assert "ranked-lists/index.html" in html and "precisions/index.html" in html
     assert "│ cnn16 " in result.output and "│ cnn32 " in result.output  # both networks evaluated
     assert "top-1 is the right identity" in result.output and str(out / "report" / "pareto.png") in result.output
 
