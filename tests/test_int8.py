@@ -470,6 +470,10 @@ def test_cli_over_budget_keeps_the_most_sensitive_layers_in_float(
     assert [layer["rank"] for layer in excluded] == list(range(1, len(excluded) + 1))
     errors = [layer["embedding_error"] for layer in excluded]
     assert errors == sorted(errors, reverse=True) and all(layer["of"] == 20 for layer in excluded)
+    # Every layer's score is recorded (the report charts it), the kept ones first.
+    ranking = accuracy["ranking"]
+    assert len(ranking) == 20 and [layer["node"] for layer in ranking[: len(excluded)]] == [
+        layer["node"] for layer in excluded]
     # The excluded layers really run in float: their weights are not behind a DequantizeLinear.
     model = onnx.load(str(bundle.model_path("int8_cpu")))
     nodes = {node.name: node for node in model.graph.node}

@@ -310,3 +310,9 @@ def test_sensitivity_chart_from_a_manifest_record(tmp_path: Path) -> None:
     with Image.open(path) as opened:
         assert opened.format == "PNG" and opened.size == (1000, 450)
     assert plot_sensitivity({"excluded_layers": [], "steps": []}, "int8", tmp_path / "none.png") is None
+    # With every layer's score recorded, the chart shows the most sensitive ones, kept or not, at the same size.
+    ranking = [{"node": f"/layer{i}/Conv", "op_type": "Conv", "embedding_error": 0.05 / (i + 1)} for i in range(40)]
+    ranked = plot_sensitivity({**accuracy, "ranking": ranking}, "int8_cpu", tmp_path / "ranked.png")
+    assert ranked is not None
+    with Image.open(ranked) as opened:
+        assert opened.size == (1000, 450)

@@ -322,6 +322,8 @@ def _fit_budget(
         return record
     ranking = candidates.ranking()
     record["sensitivity_method"] = candidates.sensitivity_method()
+    # Every layer's score, most sensitive first: what the bundle's report charts (`edgereid verify --visualize`).
+    record["ranking"] = [asdict(layer) for layer in ranking]
     steps: list[dict[str, Any]] = []
     kept_models = scratch / "kept"
     kept_models.mkdir()

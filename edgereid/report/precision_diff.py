@@ -29,6 +29,7 @@ from edgereid.report.ranked import (
 DPI = 100
 HISTOGRAM_SIZE_IN = (8.0, 4.5)
 SENSITIVITY_SIZE_IN = (10.0, 4.5)
+SENSITIVITY_BARS = 24
 
 
 def changed_queries(reference: RankResult, candidate: RankResult, reference_first: np.ndarray,
@@ -87,13 +88,20 @@ def plot_sensitivity(accuracy: dict[str, Any], precision: str, path: Path) -> Pa
     figure, (bars, drops) = plt.subplots(1, 2, figsize=SENSITIVITY_SIZE_IN, dpi=DPI,
                                          gridspec_kw={"width_ratios": [3, 2]})
     try:
-        names = [f"{layer['rank']}. {layer['node'][-28:]} ({layer['op_type']})" for layer in excluded]
-        errors = [float(layer["embedding_error"]) for layer in excluded]
-        bars.barh(range(len(names)), errors, color="darkorange")
+        # Every layer the search scored (most sensitive first, the first SENSITIVITY_BARS), those kept in float in
+        # orange; manifests written before the ranking was recorded have the kept layers only.
+        kept = {layer["node"] for layer in excluded}
+        scored = accuracy.get("ranking") or excluded
+        shown = scored[:SENSITIVITY_BARS]
+        names = [f"{rank}. {layer['node'][-28:]} ({layer['op_type']})" for rank, layer in enumerate(shown, start=1)]
+        errors = [float(layer["embedding_error"]) for layer in shown]
+        colours = ["darkorange" if layer["node"] in kept else "steelblue" for layer in shown]
+        bars.barh(range(len(names)), errors, color=colours)
         bars.set_yticks(range(len(names)), names, fontsize=7)
         bars.invert_yaxis()
-        total = excluded[0]["of"] if excluded else "?"
-        bars.set_title(f"{precision}: layers kept in float ({len(excluded)} of {total})", fontsize=10)
+        total = excluded[0]["of"] if excluded else len(scored)
+        bars.set_title(f"{precision}: {len(kept)} of {total} layers kept in float (orange), the most sensitive "
+                       f"{len(shown)} shown", fontsize=10)
         bars.set_xlabel("sensitivity: 1 − mean cosine to FP32, layer alone in INT8")
         counts = [0, *(step["layers_in_float"] for step in steps)]
         drop_values = [accuracy.get("drop_points_before", math.nan), *(step["drop_points"] for step in steps)]
