@@ -106,3 +106,35 @@ def test_unsupported_architectures_are_refused(arch: str, tmp_path: Path) -> Non
     result = CliRunner().invoke(cli, ["import", "torchreid", arch, str(weights), "--out", str(out)])
     assert result.exit_code == 2 and "is not" in result.output
     assert not out.exists()
+
+
+def test_embedding_equals_torchreid_on_real_images(shared_data: Path, tmp_path: Path) -> None:
+    """16 real Market-1501 crops through each library's own preprocessing: torchreid's test transform (PIL bilinear
+    resize, ToTensor, ImageNet Normalize) into torchreid's model, edgereid's decode_image + normalize_images (the
+    runtime's preprocessing) into the imported model. Both resize with Pillow's bilinear filter, so the pixels are
+    the same and the embeddings must agree to cosine ≥ 0.99999 per image."""
+    from PIL import Image
+
+    from edgereid.data.images import decode_image, normalize_images
+
+    paths = sorted((shared_data / "mini-market1501" / "query").glob("*.jpg"))[:16]
+    if len(paths) < 16:
+        pytest.skip(f"fewer than 16 query images in {shared_data / 'mini-market1501'}")
+    arch = "osnet_x0_25"
+    torch.manual_seed(zlib.crc32(arch.encode()))
+    reference = _torchreid_model(arch)
+    transforms = reference_library("torchreid.reid.data.transforms")
+    _, test_transform = transforms.build_transforms(256, 128)
+    library_input = torch.stack([test_transform(Image.open(path).convert("RGB")) for path in paths])
+    with torch.no_grad():
+        expected = reference(library_input)
+    weights = tmp_path / f"{arch}.pth"
+    torch.save(reference.state_dict(), weights)
+    out = tmp_path / "imported.pt"
+    import_torchreid(arch, weights, out)
+    data = load_checkpoint(out).recipe.data
+    pixels = np.stack([decode_image(path, tuple(data.size)) for path in paths])
+    embedding = _imported_embedding(out, torch.from_numpy(normalize_images(pixels, data.mean, data.std)))
+    distance = max_cosine_distance(expected, embedding)
+    print(f"{arch} on {len(paths)} real images: max(1 - cosine) = {distance:.2e}")
+    assert distance <= COSINE_TOLERANCE, distance

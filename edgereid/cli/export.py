@@ -9,6 +9,7 @@ import click
 from click.core import ParameterSource
 from rich.table import Table
 
+from edgereid.cli._data_options import data_selection, data_selection_options
 from edgereid.cli._output import console, format_delta, print_evaluation_warnings, print_json, require_extra
 from edgereid.export.bundle import DEFAULT_MAX_MAP_DROP, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
@@ -68,6 +69,7 @@ class MapBudget(click.ParamType):
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Score every model with ONNX Runtime on the query/gallery against the PyTorch checkpoint.")
 @click.option("--data", "data_root", type=click.Path(path_type=Path), help="Data set root to verify on (default: the recipe's).")
+@data_selection_options("-o", "--reader-option")
 @click.option("--max-images", type=click.IntRange(min=1), help="Verify on the first N query and N gallery images only.")
 @click.option("--calibration-images", type=click.IntRange(min=1),
               help="INT8 calibration images, drawn from the train split (default: the policy's, 512).")
@@ -96,6 +98,10 @@ def export_command(
     network: str | None,
     verify: bool,
     data_root: Path | None,
+    data_format: str | None,
+    data_options: tuple[str, ...],
+    holdout_ids: int | None,
+    holdout_seed: int | None,
     max_images: int | None,
     calibration_images: int | None,
     calibration_seed: int | None,
@@ -119,7 +125,7 @@ def export_command(
         "max_images": max_images, "calibration_images": calibration_images, "calibration_seed": calibration_seed,
         "calibration_method": calibration_method, "calibration_policy": calibration_policy,
         "calibration_cache_dir": calibration_cache_dir, "max_map_drop": max_map_drop, "equalize": equalize,
-        "bias_correction": bias_correction,
+        "bias_correction": bias_correction, **data_selection(data_format, data_options, holdout_ids, holdout_seed),
     }
     if options_file is None:
         options = export_options(**flags)

@@ -9,6 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from edgereid.cli._data_options import data_selection, data_selection_options
 from edgereid.cli._output import console, print_json, require_extra
 from edgereid.errors import ConfigError
 
@@ -59,7 +60,7 @@ def train_command(recipe: str | None, overrides: tuple[str, ...], resume: Path |
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", "data_root", type=click.Path(path_type=Path), help="Data set root (default: the recipe's).")
-@click.option("--format", "data_format", help="Data set format (default: the recipe's, or detected).")
+@data_selection_options("-o", "--option", "--reader-option")
 @click.option("--flip/--no-flip", default=None, help="Average with the mirrored image's feature (default: recipe).")
 @click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")
 @click.option("--aqe", is_flag=True, help="Average query expansion.")
@@ -78,6 +79,9 @@ def eval_command(
     checkpoint: Path,
     data_root: Path | None,
     data_format: str | None,
+    data_options: tuple[str, ...],
+    holdout_ids: int | None,
+    holdout_seed: int | None,
     flip: bool | None,
     rerank: bool,
     aqe: bool,
@@ -95,6 +99,7 @@ def eval_command(
     require_extra("torch", "train", "eval")
     from edgereid.training import evaluate_checkpoint
 
+    selection = data_selection(data_format, data_options, holdout_ids, holdout_seed)
     settings: dict[str, Any] = {
         "data_root": data_root,
         "data_format": data_format,
@@ -108,8 +113,11 @@ def eval_command(
     }
     index = None
     if visualize_dir is None:
-        report = evaluate_checkpoint(checkpoint, **settings)
+        report = evaluate_checkpoint(checkpoint, **{**settings, **selection})
     else:
+        if data_options or holdout_ids is not None:
+            raise click.UsageError("--visualize does not take reader options or --holdout-ids yet; evaluate "
+                                   "without --visualize, or name a data set that needs neither")
         from edgereid.report.visualize import evaluate_and_visualize
 
         selections = [part.strip() for part in visualize_queries.split(",") if part.strip()]

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from edgereid.atomic import atomic_write_text
 from edgereid.bundle_format import PRECISIONS
+from edgereid.cli._data_options import data_selection, data_selection_options
 from edgereid.cli._output import console, format_delta, parse_options, print_evaluation_warnings, print_json
 from edgereid.runtime.runners import BACKENDS
 
@@ -23,6 +24,7 @@ from edgereid.runtime.runners import BACKENDS
               help="A precision to verify (repeatable; default: every one the bundle has that the backend runs).")
 @click.option("--data", "data_root", type=click.Path(path_type=Path),
               help="Query/gallery data set root (default: the one the bundle was verified on at export).")
+@data_selection_options("--reader-option")
 @click.option("--max-images", type=click.IntRange(min=1), help="Verify on the first N query and N gallery images only.")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A backend option, e.g. -o providers=[cuda] -o threads=4 (onnxruntime), -o device=cuda (torch).")
@@ -36,6 +38,10 @@ def verify_command(
     backend: str,
     precisions: tuple[str, ...],
     data_root: Path | None,
+    data_format: str | None,
+    data_options: tuple[str, ...],
+    holdout_ids: int | None,
+    holdout_seed: int | None,
     max_images: int | None,
     options: tuple[str, ...],
     as_json: bool,
@@ -46,12 +52,17 @@ def verify_command(
     model on ONNX Runtime CPU; exits 1 when a precision is outside its tolerance."""
     from edgereid.runtime.verify import verify_runtime
 
+    selection = data_selection(data_format, data_options, holdout_ids, holdout_seed)
+    if visualize_dir is not None and (data_format is not None or data_options or holdout_ids is not None):
+        raise click.UsageError("--visualize does not take --format, reader options or --holdout-ids yet; verify "
+                               "without --visualize, or name a data set that needs none of them")
     result = verify_runtime(
         bundle,
         backend,
         precisions=list(precisions) or None,
         data_root=data_root,
         max_images=max_images,
+        **selection,
         **parse_options(options),
     )
     if out_file is not None:

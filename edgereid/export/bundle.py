@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -304,7 +304,9 @@ def _export_into(
             }
         if verify:
             manifest["verification"] = verify_bundle(
-                ExportBundle(built, manifest), data_root=data_root, max_images=max_images, model=model
+                ExportBundle(built, manifest), data_root=data_root, max_images=max_images, model=model,
+                data_format=options.data_format, data_options=options.data_options, holdout_ids=options.holdout_ids,
+                holdout_seed=options.holdout_seed,
             )
         text = manifest_text(manifest)
         # What is written is what every reader will validate: a manifest the runtime would refuse is never published.
@@ -356,6 +358,10 @@ def verify_bundle(
     data_root: str | Path | None = None,
     max_images: int | None = None,
     *,
+    data_format: str | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    holdout_ids: int | None = None,
+    holdout_seed: int | None = None,
     checkpoint: str | Path | None = None,
     precisions: Sequence[str] | None = None,
     batch_size: int = 64,
@@ -363,7 +369,9 @@ def verify_bundle(
 ) -> dict[str, Any]:
     """Score the bundle's models with ONNX Runtime (CPU) against the PyTorch checkpoint it came from.
 
-    The data is the recipe's query/gallery (``data_root`` replaces its root; ``max_images`` keeps the first N of
+    The data is the recipe's query/gallery (``data_root`` replaces its root, ``data_format`` its format,
+    ``data_options`` its reader options, ``holdout_ids``/``holdout_seed`` its holdout, as
+    :func:`edgereid.training.evaluate.select_data` does for ``edgereid eval``; ``max_images`` keeps the first N of
     each split, for both sides alike). Flip averaging follows the recipe's ``train.flip_test``, as
     ``edgereid eval``. Returns ``{"torch": {mAP, rank1}, "precisions": {p: {mAP, rank1, delta_mAP_points,
     delta_mAP_ci95_points, evaluation_too_small, evaluation_warning, cosine_min, cosine_mean, max_abs_diff,
@@ -377,7 +385,7 @@ def verify_bundle(
     from edgereid.evaluation.features import evaluate_features
     from edgereid.training.checkpoint import load_checkpoint
     from edgereid.training.data import decode_split, prepare_dataset
-    from edgereid.training.evaluate import build_reference_model
+    from edgereid.training.evaluate import build_reference_model, select_data
     from edgereid.training.inference import embed_images
 
     if not isinstance(bundle, ExportBundle):
@@ -387,9 +395,7 @@ def verify_bundle(
     source = load_checkpoint(checkpoint if checkpoint is not None else manifest["source"]["checkpoint"])
     if model is None:
         model = build_reference_model(source, "cpu", network=manifest["network"])
-    data = source.recipe.data
-    if data_root is not None:
-        data = data.model_copy(update={"root": Path(data_root), "synthetic": None})
+    data = select_data(source.recipe.data, data_root, data_format, data_options, holdout_ids, holdout_seed)
     if tuple(data.size) != bundle.input_size:
         raise DataError(f"the checkpoint's input size {tuple(data.size)} differs from the bundle's {bundle.input_size}")
     dataset = prepare_dataset(data, require_train=False)

@@ -34,6 +34,16 @@ class ExportOptions(BaseModel):
     opset: int = DEFAULT_OPSET
     verify: bool = Field(False, description="score every model with ONNX Runtime against the PyTorch checkpoint")
     data_root: Path | None = Field(None, description="the data set to verify on (None: the recipe's)")
+    data_format: str | None = Field(
+        None, description="its format (None: the recipe's, or detected); drops the recipe's reader options and holdout"
+    )
+    data_options: dict[str, Any] = Field(
+        default_factory=dict, description="reader options of the data set to verify on (empty: the recipe's)"
+    )
+    holdout_ids: int | None = Field(
+        None, ge=1, description="verify on N identities held out of its train split (None: the recipe's holdout)"
+    )
+    holdout_seed: int | None = Field(None, description="seed of the held-out identities' draw (with holdout_ids)")
     max_images: int | None = Field(None, description="verify on the first N query and N gallery images only")
     calibration_images: int | None = Field(None, description="INT8 calibration images (None: the policy's)")
     calibration_seed: int | None = Field(None, description="seed of the calibration draw (None: the policy's)")

@@ -109,6 +109,10 @@ class ModelConfig(_Strict):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     local_branch: LocalBranchConfig | None = None
     test_distance: Literal["global", "global+local"] = "global"
+    # Fine-tuning: the weights of an edgereid checkpoint (a .pt file or a run directory; e.g. one `edgereid import`
+    # wrote) loaded into this network before training. Its model must be this one; the classifier is kept where
+    # its class count matches the training data's, else re-created. A resumed run takes its own weights instead.
+    init_from: Path | None = None
 
     @model_validator(mode="after")
     def _local_distance_needs_branch(self) -> ModelConfig:

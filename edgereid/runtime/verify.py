@@ -13,7 +13,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 from edgereid.bundle_format import ExportBundle, load_bundle
 from edgereid.data import ImageRecord, load_dataset, make_holdout
 from edgereid.data.images import DecodedImages, decode_records
+from edgereid.data.selection import DataSelection
 from edgereid.errors import ConfigError, DataError
 from edgereid.evaluation.features import evaluate_features
 from edgereid.evaluation.rank import RankResult
@@ -41,12 +43,20 @@ def verify_runtime(
     precisions: Sequence[str] | None = None,
     data_root: str | Path | None = None,
     max_images: int | None = None,
+    *,
+    data_format: str | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    holdout_ids: int | None = None,
+    holdout_seed: int | None = None,
     **runner_options: Any,
 ) -> dict[str, Any]:
     """Score ``precisions`` (default: every one the bundle has that ``backend`` runs) of ``bundle`` on ``backend``
     against the FP32 model on ONNX Runtime CPU; the ``edgereid.verify`` JSON document (see docs/ARCHITECTURE.md).
 
-    ``data_root`` replaces the root recorded in the bundle's verification; ``max_images`` keeps the first N query
+    ``data_root`` replaces the root recorded in the bundle's verification, ``data_format`` its format (dropping the
+    recorded reader options and holdout), ``data_options`` its reader options and ``holdout_ids``/``holdout_seed``
+    its holdout (the rule of :class:`edgereid.data.selection.DataSelection`, as ``edgereid eval`` and the export's
+    verification apply it to a recipe); ``max_images`` keeps the first N query
     and the first N gallery images. ``passed`` is |ΔmAP| within the precision's tolerance; each delta comes with its
     paired bootstrap interval over the queries and a warning where they are too few to judge the tolerance. Without
     onnxruntime there is no reference: deltas, intervals and ``passed`` are null (unknown), never 0.
@@ -57,7 +67,9 @@ def verify_runtime(
     if max_images is not None and max_images < 1:
         raise ConfigError(f"max_images must be at least 1, got {max_images}")
     wanted = select_precisions(f"bundle '{bundle.path}'", bundle.precisions, backend, precisions, "verify")
-    root, dataset_name, query_records, gallery_records = _load_split(bundle, data_root, max_images)
+    selection = DataSelection(format=data_format, options=dict(data_options or {}), holdout_ids=holdout_ids,
+                              holdout_seed=holdout_seed)
+    root, dataset_name, query_records, gallery_records = _load_split(bundle, data_root, max_images, selection)
     query = _decode(query_records, bundle.input_size)
     gallery = _decode(gallery_records, bundle.input_size)
     manifest = bundle.manifest
@@ -147,23 +159,24 @@ def dataset_fingerprint(root: Path, query: Sequence[ImageRecord], gallery: Seque
 
 
 def _load_split(
-    bundle: ExportBundle, data_root: str | Path | None, max_images: int | None
+    bundle: ExportBundle, data_root: str | Path | None, max_images: int | None, selection: DataSelection | None = None
 ) -> tuple[Path, str, list[ImageRecord], list[ImageRecord]]:
-    """The data set's root, name, and query and gallery records (the first ``max_images`` of each)."""
+    """The data set's root, name, and query and gallery records (the first ``max_images`` of each): the bundle's
+    recorded data set with ``data_root`` and ``selection`` (format, reader options, holdout) replacing its values."""
     # The export records how the recipe reads its data set (manifest "data"); the layout is detected otherwise.
-    recorded: dict[str, Any] = bundle.manifest.get("data") or {}
-    if data_root is None:
-        if not recorded.get("root"):
-            raise ConfigError(
-                f"bundle '{bundle.path}' records no data set (manifest data.root); give the query/gallery data set "
-                "root (--data ROOT)"
-            )
-        data_root = recorded["root"]
-    root = Path(data_root)
+    recorded: dict[str, Any] = {"root": None, "format": None, "options": {}, "holdout": None,
+                                **(bundle.manifest.get("data") or {})}
+    if data_root is None and not recorded.get("root"):
+        raise ConfigError(
+            f"bundle '{bundle.path}' records no data set (manifest data.root); give the query/gallery data set "
+            "root (--data ROOT)"
+        )
+    root = Path(data_root if data_root is not None else recorded["root"])
     if not root.is_dir():
         raise DataError(f"data set root '{root}' does not exist or is not a directory")
-    dataset = load_dataset(root, recorded.get("format"), **(recorded.get("options") or {}))
-    holdout = recorded.get("holdout")
+    selected = replace(selection or DataSelection(), root=root).apply(recorded)
+    dataset = load_dataset(root, selected["format"], **(selected["options"] or {}))
+    holdout = selected["holdout"]
     if holdout:
         dataset = make_holdout(
             dataset.train,

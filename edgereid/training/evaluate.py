@@ -4,6 +4,7 @@ saved in the checkpoint; the data, flip test, query expansion and re-ranking can
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from edgereid.data.selection import DataSelection
 from edgereid.data.transforms import EvalTransform
 from edgereid.errors import DataError
 from edgereid.evaluation.distance import Metric
@@ -101,25 +103,43 @@ class EmbeddedSplits:
     flip: bool
 
 
+def select_data(
+    data: DataConfig,
+    data_root: str | Path | None = None,
+    data_format: str | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    holdout_ids: int | None = None,
+    holdout_seed: int | None = None,
+) -> DataConfig:
+    """A recipe's ``data`` with the data a command names instead (:class:`edgereid.data.selection.DataSelection`):
+    ``data_root`` replaces the root, ``data_format`` the format (dropping the recipe's reader options and holdout),
+    ``data_options`` the reader options, ``holdout_ids``/``holdout_seed`` the holdout. What ``edgereid eval``,
+    :func:`edgereid.export.verify_bundle` and (on a bundle's record) ``edgereid verify`` use alike."""
+    selection = DataSelection(data_root if data_root is None else Path(data_root), data_format, dict(data_options or {}),
+                              holdout_ids, holdout_seed)
+    if selection.empty:
+        return data
+    return type(data).model_validate(selection.apply(data.model_dump()))
+
+
 def embed_splits(
     checkpoint_path: str | Path,
     *,
     data_root: str | Path | None = None,
     data_format: str | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    holdout_ids: int | None = None,
+    holdout_seed: int | None = None,
     flip: bool | None = None,
     device: str = "auto",
     batch_size: int = 128,
     network: str | None = None,
 ) -> EmbeddedSplits:
     """The query and gallery of ``data_root`` (default: the data the checkpoint was trained with) embedded by one of
-    its networks, as :func:`evaluate_checkpoint` scores them."""
+    its networks, as :func:`evaluate_checkpoint` scores them; the data is chosen by :func:`select_data`."""
     checkpoint = load_checkpoint(checkpoint_path)
     network_name, _, _ = checkpoint.network(network)
-    data = checkpoint.recipe.data
-    if data_root is not None:
-        data = data.model_copy(update={"root": Path(data_root), "synthetic": None})
-    if data_format is not None:
-        data = data.model_copy(update={"format": data_format, "options": {}, "holdout": None})
+    data = select_data(checkpoint.recipe.data, data_root, data_format, data_options, holdout_ids, holdout_seed)
     dataset = prepare_dataset(data, require_train=False)
     if not dataset.query or not dataset.gallery:
         raise DataError(
@@ -144,6 +164,9 @@ def evaluate_checkpoint(
     *,
     data_root: str | Path | None = None,
     data_format: str | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    holdout_ids: int | None = None,
+    holdout_seed: int | None = None,
     flip: bool | None = None,
     rerank: bool = False,
     aqe: bool = False,
@@ -154,12 +177,14 @@ def evaluate_checkpoint(
 ) -> EvaluationReport:
     """Score a checkpoint on the query/gallery of ``data_root`` (default: the data it was trained with).
 
-    ``data_format`` replaces the recipe's format (and drops its reader options and holdout); ``flip`` defaults to
+    ``data_format`` replaces the recipe's format (and drops its reader options and holdout), ``data_options`` its
+    reader options, ``holdout_ids``/``holdout_seed`` its holdout (:func:`select_data`); ``flip`` defaults to
     the recipe's ``train.flip_test``; ``network`` picks a network of a mutual-learning checkpoint (default: the
     student).
     """
     started = time.perf_counter()
-    embedded = embed_splits(checkpoint_path, data_root=data_root, data_format=data_format, flip=flip, device=device,
+    embedded = embed_splits(checkpoint_path, data_root=data_root, data_format=data_format, data_options=data_options,
+                            holdout_ids=holdout_ids, holdout_seed=holdout_seed, flip=flip, device=device,
                             batch_size=batch_size, network=network)
     distances = query_gallery_distances(embedded.query_features, embedded.gallery_features, metric=metric, rerank=rerank,
                                   aqe=aqe)

@@ -9,6 +9,7 @@ student's projection), so one backward of their sum trains every network exactly
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,9 +93,10 @@ def _check_qat_init(recipe: Recipe, checkpoint: Checkpoint, config: ModelConfig,
             f"{where} is already quantization-aware trained; give the FP32 checkpoint it came from "
             f"('{checkpoint.quantization.init['checkpoint']}')"
         )
-    # The ImageNet weights a backbone started from do not change the network.
-    mine = recipe.model.model_dump(mode="json", exclude={"backbone": {"pretrained"}})
-    theirs = config.model_dump(mode="json", exclude={"backbone": {"pretrained"}})
+    # The weights a network started from (ImageNet's, another checkpoint's) do not change the network.
+    started_from: dict[str, Any] = {"backbone": {"pretrained"}, "init_from": True}
+    mine = recipe.model.model_dump(mode="json", exclude=started_from)
+    theirs = config.model_dump(mode="json", exclude=started_from)
     if mine != theirs:
         differing = sorted(differing_keys(mine, theirs))
         raise ConfigError(

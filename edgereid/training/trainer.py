@@ -380,6 +380,14 @@ class _TrainingLoop:
             }
             if recipe.distill is not None:
                 self.teacher = load_teacher(recipe, data.classes.pids, self.device)
+            configs = recipe.networks()
+            for name, network in networks.items():
+                # A resumed run goes on from its own weights (restored later), never from init_from again.
+                if configs[name].init_from is not None and self.resumed is None:
+                    from edgereid.training.init_from import load_init_weights
+
+                    where = "model" if name == recipe.student else f"mutual.peers.{name}"
+                    console.print(f"[bold]init_from[/] {load_init_weights(network, configs[name], where)}")
         if self.device.type == "cuda":
             networks = {name: network.to(memory_format=torch.channels_last) for name, network in networks.items()}
         self.networks = networks
