@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ MARK_STYLE = {
     JUNK: ("#7f7f7f", "dotted", "J"),
 }
 TILE_IN = (1.3, 2.6)  # width, height of one image's cell, in inches
+QUERY_CAPTION_CHARS = 22  # what fits over one tile at the caption's font size
 TITLE_IN = 0.4  # the band above the lists that holds the picture's title
 DPI = 100
 DEFAULT_TOP_K = 10
@@ -131,7 +133,9 @@ def draw_rows(
             query_axes = row_axes[0]
             query_axes.imshow(_tile(query_image, tile))
             ap = "no match" if np.isnan(ranked.ap) else f"AP {ranked.ap:.1%}"
-            query_axes.set_title(f"{caption}\nquery, {ap}", fontsize=7)
+            # A long file name wraps within its tile instead of running off the picture's edge.
+            wrapped = "\n".join(textwrap.wrap(caption, QUERY_CAPTION_CHARS))
+            query_axes.set_title(f"{wrapped}\nquery, {ap}", fontsize=7)
             _frame(query_axes, "black", "solid", 2.0)
             for rank, cell in enumerate(row_axes[1:]):
                 if rank >= len(ranked.gallery):
