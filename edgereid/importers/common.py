@@ -9,7 +9,6 @@ float). Anything else (a class, a function, ``os.system``) is refused with its n
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import pickle
 import re
@@ -77,12 +76,6 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _refusal(path: Path, library: str, error: Exception, raw: bytes) -> DataError:

@@ -22,6 +22,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from edgereid.bundle_format import sha256_file
 from edgereid.errors import ConfigError
 from edgereid.importers.common import (
     DataSource,
@@ -30,7 +31,6 @@ from edgereid.importers.common import (
     build_model,
     load_mapped_weights,
     read_weights,
-    sha256_file,
     write_checkpoint,
 )
 from edgereid.modeling.config import ModelConfig

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgereid.bundle_format import sha256_file
 from edgereid.errors import ConfigError
 from edgereid.importers.common import (
     DataSource,
@@ -25,7 +26,6 @@ from edgereid.importers.common import (
     build_model,
     load_mapped_weights,
     read_weights,
-    sha256_file,
     write_checkpoint,
 )
 from edgereid.modeling.config import ModelConfig

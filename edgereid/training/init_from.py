@@ -12,7 +12,7 @@ from torch import nn
 from edgereid.errors import ConfigError
 from edgereid.modeling.config import ModelConfig
 from edgereid.training.checkpoint import load_checkpoint
-from edgereid.training.teaching import differing_keys
+from edgereid.training.teaching import model_differences
 
 # What a fine-tune may change of the checkpoint's model: the classifier is re-created for the new identities
 # anyway, and the backbone's starting weights are the checkpoint's, whatever ``pretrained`` says.
@@ -34,10 +34,8 @@ def load_init_weights(model: nn.Module, config: ModelConfig, network: str = "mod
     if source.quantization is not None:
         raise ConfigError(f"{where} is quantization-aware trained; give the FP32 checkpoint it came from")
     _, theirs, state = source.network(None)
-    mine_dump = config.model_dump(mode="json", exclude=_MAY_DIFFER)
-    theirs_dump = theirs.model_dump(mode="json", exclude=_MAY_DIFFER)
-    if mine_dump != theirs_dump:
-        differing = sorted(differing_keys(mine_dump, theirs_dump))
+    differing = model_differences(config, theirs, _MAY_DIFFER)
+    if differing:
         raise ConfigError(
             f"{where} holds another model: {network}.{f', {network}.'.join(differing)} differ; give the recipe that "
             "checkpoint's model (`_base_:` its recipe, or the keys its checkpoint records)"

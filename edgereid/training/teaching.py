@@ -94,15 +94,18 @@ def _check_qat_init(recipe: Recipe, checkpoint: Checkpoint, config: ModelConfig,
             f"('{checkpoint.quantization.init['checkpoint']}')"
         )
     # The weights a network started from (ImageNet's, another checkpoint's) do not change the network.
-    started_from: dict[str, Any] = {"backbone": {"pretrained"}, "init_from": True}
-    mine = recipe.model.model_dump(mode="json", exclude=started_from)
-    theirs = config.model_dump(mode="json", exclude=started_from)
-    if mine != theirs:
-        differing = sorted(differing_keys(mine, theirs))
+    differing = model_differences(recipe.model, config, {"backbone": {"pretrained"}, "init_from": True})
+    if differing:
         raise ConfigError(
             f"{where} is not the recipe's model: model.{', model.'.join(differing)} differ; QAT fine-tunes the "
             "network the checkpoint holds, so give the recipe that checkpoint's model (`_base_:` its recipe)"
         )
+
+
+def model_differences(mine: ModelConfig, theirs: ModelConfig, may_differ: dict[str, Any]) -> list[str]:
+    """The key paths in which two model descriptions differ, leaving out ``may_differ`` (a pydantic exclude)."""
+    return sorted(differing_keys(mine.model_dump(mode="json", exclude=may_differ),
+                                 theirs.model_dump(mode="json", exclude=may_differ)))
 
 
 def differing_keys(left: object, right: object, prefix: str = "") -> list[str]:
