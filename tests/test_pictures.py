@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -242,10 +243,11 @@ def test_training_writes_curves_at_each_evaluation(tmp_path: Path) -> None:
 # --- edgereid eval --visualize -------------------------------------------------------------------------------------
 
 
-def test_eval_visualize(tmp_path: Path) -> None:
+def _eval_visualize(tmp_path: Path, *options: str) -> tuple[Path, dict[str, Any], Path]:
+    """`edgereid eval --visualize --json` with ``options`` of an untrained plaincnn16 on its synthetic data set: the
+    checkpoint, the JSON printed and the pictures' directory."""
     from edgereid.cli import _ReportingGroup
     from edgereid.cli.train import eval_command
-    from edgereid.training import evaluate_checkpoint
     from tests.factories import make_checkpoint
 
     checkpoint = make_checkpoint(tmp_path, ibn=None, backbone="plaincnn16")
@@ -253,10 +255,17 @@ def test_eval_visualize(tmp_path: Path) -> None:
     group.add_command(eval_command)
     out = tmp_path / "ranked"
     result = CliRunner().invoke(group, ["eval", str(checkpoint), "--device", "cpu", "--visualize", str(out),
-                                        "--visualize-queries", "worst,3", "--top-k", "6", "--json"])
+                                        "--json", *options])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed["visualization"] == str(out / "index.html")
+    return checkpoint, printed, out
+
+
+def test_eval_visualize(tmp_path: Path) -> None:
+    from edgereid.training import evaluate_checkpoint
+
+    checkpoint, printed, out = _eval_visualize(tmp_path, "--visualize-queries", "worst,3", "--top-k", "6")
     expected = evaluate_checkpoint(checkpoint, device="cpu").to_dict()
     assert printed["mAP"] == pytest.approx(expected["mAP"]) and printed["rank1"] == pytest.approx(expected["rank1"])
     pictures = sorted(out.glob("query-*.png"))
@@ -266,10 +275,33 @@ def test_eval_visualize(tmp_path: Path) -> None:
             assert opened.format == "PNG" and opened.size == figure_pixels(6)
 
 
+# A holdout of four identities cut from the synthetic train split: a query per identity and camera (8), the rest of
+# their images the gallery (16) — not the recorded query/gallery, so the counts tell which data were scored.
+HOLDOUT = ["--format", "market1501", "--holdout-ids", "4", "--holdout-seed", "1"]
+
+
+def test_eval_visualize_reads_the_selected_data(tmp_path: Path) -> None:
+    from edgereid.data import load_dataset
+    from edgereid.data.selection import DataSelection
+    from edgereid.training import evaluate_checkpoint
+
+    checkpoint, printed, out = _eval_visualize(tmp_path, *HOLDOUT, "--visualize-queries", "worst")
+    selection = DataSelection(format="market1501", holdout_ids=4, holdout_seed=1)
+    expected = evaluate_checkpoint(checkpoint, data=selection, device="cpu")
+    assert (printed["num_query"], printed["num_gallery"]) == (expected.num_query, expected.num_gallery) == (8, 16)
+    assert len(load_dataset(tmp_path / "synthetic").query) != expected.num_query
+    assert printed["mAP"] == pytest.approx(expected.result.mAP)
+    assert f"of {expected.num_gallery} gallery images" in (out / "index.html").read_text()
+    pictures = sorted(out.glob("query-*.png"))
+    assert len(pictures) == 4 and all(int(picture.stem.removeprefix("query-")) < 8 for picture in pictures)
+
+
 # --- reduced precisions against FP32 -------------------------------------------------------------------------------
 
 
-def test_verify_visualize_draws_precision_differences(tmp_path: Path) -> None:
+def _verify_visualize(tmp_path: Path, *options: str) -> tuple[dict[str, Any], Path]:
+    """`edgereid verify --visualize --json` with ``options`` of an FP32 + FP16 bundle of an untrained plaincnn16 on
+    its synthetic data set: the JSON printed and the pictures' directory."""
     from edgereid.cli import _ReportingGroup
     from edgereid.cli.verify import verify_command
     from edgereid.export import export_checkpoint
@@ -281,9 +313,15 @@ def test_verify_visualize_draws_precision_differences(tmp_path: Path) -> None:
     group.add_command(verify_command)
     out = tmp_path / "pictures"
     result = CliRunner().invoke(group, ["verify", str(bundle.path), "--data", str(tmp_path / "synthetic"),
-                                        "--visualize", str(out), "--json", "-o", "threads=1"])
+                                        "--visualize", str(out), "--json", "-o", "threads=1", *options])
     assert result.exit_code in (0, 1), result.output
-    assert json.loads(result.stdout)["visualization"] == str(out / "index.html")
+    printed = json.loads(result.stdout)
+    assert printed["visualization"] == str(out / "index.html")
+    return printed, out
+
+
+def test_verify_visualize_draws_precision_differences(tmp_path: Path) -> None:
+    _, out = _verify_visualize(tmp_path)
     page = (out / "index.html").read_text()
     for picture in [out / "ap-diff-fp16.png", *(out / "fp32-reference").glob("query-*.png"), *out.glob("diff-*.png")]:
         with Image.open(picture) as opened:
@@ -291,6 +329,16 @@ def test_verify_visualize_draws_precision_differences(tmp_path: Path) -> None:
     assert 'src="ap-diff-fp16.png"' in page and 'href="fp32-reference/index.html"' in page
     with Image.open(out / "ap-diff-fp16.png") as opened:
         assert opened.size == (800, 450)
+
+
+def test_verify_visualize_reads_the_selected_data(tmp_path: Path) -> None:
+    printed, out = _verify_visualize(tmp_path, *HOLDOUT)
+    assert (printed["dataset"]["num_query"], printed["dataset"]["num_gallery"]) == (8, 16)
+    assert "8 query / 16 gallery images" in (out / "index.html").read_text()
+    assert "of 16 gallery images" in (out / "fp32-reference" / "index.html").read_text()
+    for picture in [out / "ap-diff-fp16.png", *(out / "fp32-reference").glob("query-*.png")]:
+        with Image.open(picture) as opened:
+            assert opened.format == "PNG"
 
 
 def test_sensitivity_chart_from_a_manifest_record(tmp_path: Path) -> None:

@@ -60,8 +60,8 @@ def test_eval_takes_reader_options_like_the_python_call(checkpoint: Path, tmp_pa
     result = runner.invoke(cli, [*args, "-o", f"camera_regex={CAMERA_REGEX}"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    report = evaluate_checkpoint(checkpoint, data_root=root, data_format="folder",
-                                 data_options={"camera_regex": CAMERA_REGEX}, device="cpu")
+    selection = DataSelection(root=root, format="folder", options={"camera_regex": CAMERA_REGEX})
+    report = evaluate_checkpoint(checkpoint, data=selection, device="cpu")
     assert summary["mAP"] == pytest.approx(report.result.mAP, abs=1e-9)
     assert summary["num_valid_queries"] == report.result.num_valid_queries == 4  # same-camera matches are junk
 
@@ -80,8 +80,8 @@ def test_eval_holds_out_identities_of_a_train_only_root(checkpoint: Path, tmp_pa
     result = runner.invoke(cli, [*args, "--holdout-ids", "4", "--holdout-seed", "2"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    report = evaluate_checkpoint(checkpoint, data_root=root, data_format="folder", holdout_ids=4, holdout_seed=2,
-                                 device="cpu")
+    selection = DataSelection(root=root, format="folder", holdout_ids=4, holdout_seed=2)
+    report = evaluate_checkpoint(checkpoint, data=selection, device="cpu")
     assert summary["mAP"] == pytest.approx(report.result.mAP, abs=1e-9)
     assert summary["num_query"] == report.num_query > 0
 
@@ -111,10 +111,10 @@ def test_one_rule_for_recipes_and_bundle_records(checkpoint: Path, tmp_path: Pat
 
     data = load_checkpoint(checkpoint).recipe.data
     assert select_data(data) is data
-    moved = select_data(data, tmp_path, holdout_ids=3)
+    moved = select_data(data, DataSelection(root=tmp_path, holdout_ids=3))
     assert moved.root == tmp_path and moved.format == data.format and moved.holdout is not None
     assert moved.holdout.num_test_ids == 3 and moved.synthetic is None
-    reformatted = select_data(moved, data_format="folder")
+    reformatted = select_data(moved, DataSelection(format="folder"))
     assert reformatted.format == "folder" and reformatted.options == {} and reformatted.holdout is None
     record = {"root": str(tmp_path), "format": "market1501", "options": {}, "holdout": {"num_test_ids": 2}}
     applied = DataSelection(format="folder", options={"camera_regex": CAMERA_REGEX}).apply(record)

@@ -26,6 +26,7 @@ from PIL import Image
 from edgereid.cli import _ReportingGroup
 from edgereid.cli.bench import bench_command
 from edgereid.cli.report import report_command
+from edgereid.data.selection import DataSelection
 from edgereid.errors import ConfigError, DataError
 from edgereid.export import ExportBundle
 from edgereid.report import bench_target, onnx_complexity, resolve_target, torch_complexity
@@ -59,7 +60,7 @@ def bench(bundle: ExportBundle) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def verify(bundle: ExportBundle, base: Path) -> dict[str, Any]:
-    return verify_runtime(bundle, data_root=base / "synthetic", threads=1)
+    return verify_runtime(bundle, data=DataSelection(root=base / "synthetic"), threads=1)
 
 
 @pytest.fixture(scope="module")

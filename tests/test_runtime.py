@@ -22,6 +22,7 @@ from edgereid.cli.verify import verify_command
 from edgereid.data import load_dataset
 from edgereid.data.images import decode_image, decode_records
 from edgereid.data.records import ImageRecord
+from edgereid.data.selection import DataSelection
 from edgereid.data.transforms import EvalTransform
 from edgereid.errors import ConfigError, DataError
 from edgereid.evaluation.features import evaluate_features
@@ -282,7 +283,7 @@ def _fingerprint(root: Path, records: list[ImageRecord]) -> str:
 def test_verify_runtime_scores_the_bundle_against_itself_and_pytorch(
     bundle: ExportBundle, data_root: Path, torch_model: torch.nn.Module
 ) -> None:
-    result = verify_runtime(bundle, data_root=data_root)
+    result = verify_runtime(bundle, data=DataSelection(root=data_root))
     assert set(result) == {
         "kind", "schema_version", "created", "bundle", "model_id", "recipe", "network", "backbone", "input",
         "feature_dim",
@@ -336,7 +337,7 @@ def test_verify_without_a_reference_reports_unknown_deltas(
 ) -> None:
     # A device without onnxruntime: the torch backend still runs, but nothing can serve as the FP32 reference.
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    result = verify_runtime(bundle, "torch", data_root=data_root, max_images=6)
+    result = verify_runtime(bundle, "torch", data=DataSelection(root=data_root), max_images=6)
     assert result["reference"] is None and result["backend"] == "torch"
     assert list(result["results"]) == ["fp32"]  # the reference network runs FP32 only, whatever the bundle has
     entry = result["results"]["fp32"]
@@ -364,7 +365,7 @@ def noisy_torch_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_verify_on_too_few_queries_says_so(
     bundle: ExportBundle, data_root: Path, noisy_torch_backend: None
 ) -> None:
-    result = verify_runtime(bundle, "torch", data_root=data_root, max_images=8)
+    result = verify_runtime(bundle, "torch", data=DataSelection(root=data_root), max_images=8)
     entry = result["results"]["fp32"]
     low, high = entry["delta_mAP_ci95_points"]
     queries = result["num_valid_queries"]
@@ -393,11 +394,11 @@ def test_verify_needs_a_data_set(bundle: ExportBundle, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="records no data set.*--data ROOT"):
         verify_runtime(without_data)
     with pytest.raises(DataError, match="does not exist"):
-        verify_runtime(bundle, data_root=tmp_path / "nowhere")
+        verify_runtime(bundle, data=DataSelection(root=tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="has no 'int8' model"):
-        verify_runtime(bundle, precisions=["int8"], data_root=tmp_path)
+        verify_runtime(bundle, precisions=["int8"], data=DataSelection(root=tmp_path))
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
-        verify_runtime(bundle, precisions=["fp8"], data_root=tmp_path)
+        verify_runtime(bundle, precisions=["fp8"], data=DataSelection(root=tmp_path))
 
 
 # --- `edgereid verify` -------------------------------------------------------------------------------------------
@@ -442,10 +443,11 @@ def test_the_runtime_never_imports_torch(bundle: ExportBundle, data_root: Path) 
 import sys
 import numpy as np
 import edgereid.runtime, edgereid.runtime.embedder, edgereid.runtime.verify
+from edgereid.data.selection import DataSelection
 from edgereid.runtime import Embedder, verify_runtime
 with Embedder({str(bundle.path)!r}) as embedder:
     assert embedder.embed_images([np.zeros((80, 40, 3), np.uint8)]).shape == (1, 512)
-result = verify_runtime({str(bundle.path)!r}, data_root={str(data_root)!r}, max_images=4)
+result = verify_runtime({str(bundle.path)!r}, data=DataSelection(root={str(data_root)!r}), max_images=4)
 assert result["results"]["fp32"]["delta_mAP_points"] == 0.0
 assert "torch" not in sys.modules, "torch was imported"
 print("ok")

@@ -1342,17 +1342,18 @@ def test_engine_embeddings_match_onnxruntime(engine_bundle: ExportBundle, precis
 
 @pytest.mark.tensorrt
 def test_engine_map_matches_the_fp32_reference(engine_bundle: ExportBundle) -> None:
+    from edgereid.data.selection import DataSelection
     from edgereid.runtime.verify import verify_runtime
 
-    data_root = engine_bundle.path.parent / "synthetic"
-    result = verify_runtime(engine_bundle, backend="tensorrt", data_root=data_root)
+    data = DataSelection(root=engine_bundle.path.parent / "synthetic")
+    result = verify_runtime(engine_bundle, backend="tensorrt", data=data)
     assert result["backend"] == "tensorrt" and "TensorRT" in result["backend_detail"]
     assert set(result["results"]) == {"fp32", "fp16", "int8"}
     for precision in ("fp32", "fp16"):
         assert result["results"][precision]["passed"], result["results"][precision]
     # An untrained network on 16 identities makes INT8's own loss noisy: the engine must match ONNX Runtime's run of
     # the same Q/DQ model instead.
-    onnxruntime_int8 = verify_runtime(engine_bundle, backend="onnxruntime", precisions=["int8"], data_root=data_root)
+    onnxruntime_int8 = verify_runtime(engine_bundle, backend="onnxruntime", precisions=["int8"], data=data)
     assert abs(result["results"]["int8"]["mAP"] - onnxruntime_int8["results"]["int8"]["mAP"]) <= 0.01
 
 

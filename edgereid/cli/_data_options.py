@@ -5,23 +5,30 @@ cut from a train-only data set — as ``edgereid data info`` takes them."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from edgereid.cli._output import parse_options
 
+if TYPE_CHECKING:
+    from edgereid.data.selection import DataSelection
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def data_selection_options(*option_names: str, format_option: bool = True) -> Callable[[F], F]:
-    """Click options ``--format`` (unless ``format_option`` is False), the reader options (named ``option_names``,
-    e.g. ``-o``, ``--option``, ``--reader-option``), ``--holdout-ids`` and ``--holdout-seed``; the command gets
-    them as ``data_format``, ``data_options`` (KEY=VALUE strings: :func:`data_selection` parses them),
-    ``holdout_ids`` and ``holdout_seed``."""
+def data_selection_options(*option_names: str) -> Callable[[F], F]:
+    """Click options ``--format``, the reader options (named ``option_names``, e.g. ``-o``, ``--option``,
+    ``--reader-option``), ``--holdout-ids`` and ``--holdout-seed``; the command gets them as ``data_format``,
+    ``data_options`` (KEY=VALUE strings), ``holdout_ids`` and ``holdout_seed``, which :func:`data_selection` turns
+    into one :class:`~edgereid.data.selection.DataSelection`."""
 
     def decorate(command: F) -> F:
         decorators = [
+            click.option("--format", "data_format",
+                         help="Data set format (default: the recipe's, or detected); drops the recipe's reader "
+                              "options and holdout."),
             click.option(*option_names, "data_options", multiple=True, metavar="KEY=VALUE",
                          help="A reader option of the data set (repeatable), e.g. camera_regex='c(?P<cam>\\d+)' for "
                               "the folder format; replaces the recipe's reader options."),
@@ -29,11 +36,6 @@ def data_selection_options(*option_names: str, format_option: bool = True) -> Ca
                          help="Cut a query/gallery protocol from the data set's train split, holding out N identities."),
             click.option("--holdout-seed", type=int, help="With --holdout-ids: choose them at random with this seed."),
         ]
-        if format_option:
-            decorators.insert(0, click.option(
-                "--format", "data_format",
-                help="Data set format (default: the recipe's, or detected); drops the recipe's reader options and "
-                     "holdout."))
         for decorator in reversed(decorators):
             command = decorator(command)
         return command
@@ -42,13 +44,15 @@ def data_selection_options(*option_names: str, format_option: bool = True) -> Ca
 
 
 def data_selection(
-    data_format: str | None, data_options: tuple[str, ...], holdout_ids: int | None, holdout_seed: int | None
-) -> dict[str, Any]:
-    """The keyword arguments of ``evaluate_checkpoint``, ``verify_runtime``, ``verify_bundle`` and ``ExportOptions``
-    that the options of :func:`data_selection_options` give; a bad one is a ConfigError (one line)."""
+    data_root: Path | None,
+    data_format: str | None,
+    data_options: tuple[str, ...],
+    holdout_ids: int | None,
+    holdout_seed: int | None,
+) -> DataSelection:
+    """The data a command reads instead of the recorded one: its ``--data`` root and the options of
+    :func:`data_selection_options`; a bad one is a ConfigError (one line)."""
     from edgereid.data.selection import DataSelection
 
-    options = parse_options(data_options)
-    DataSelection(format=data_format, options=options, holdout_ids=holdout_ids, holdout_seed=holdout_seed)  # checks
-    return {"data_format": data_format, "data_options": options, "holdout_ids": holdout_ids,
-            "holdout_seed": holdout_seed}
+    return DataSelection(root=data_root, format=data_format, options=parse_options(data_options),
+                         holdout_ids=holdout_ids, holdout_seed=holdout_seed)

@@ -116,16 +116,17 @@ def export_command(
     require_extra("torch", "train", "export")
     require_extra("onnxruntime", "export", "export")
     from edgereid.export import export_checkpoint
-    from edgereid.export.options import export_options, load_export_options
+    from edgereid.export.options import data_selection_fields, export_options, load_export_options
     from edgereid.export.precision import TARGETS
 
     precisions = ["fp32"] + (["fp16"] if fp16 else []) + (list(TARGETS[target]) if int8 else [])
     flags: dict[str, Any] = {
-        "precisions": precisions, "network": network, "opset": opset, "verify": verify, "data_root": data_root,
-        "max_images": max_images, "calibration_images": calibration_images, "calibration_seed": calibration_seed,
+        "precisions": precisions, "network": network, "opset": opset, "verify": verify, "max_images": max_images,
+        "calibration_images": calibration_images, "calibration_seed": calibration_seed,
         "calibration_method": calibration_method, "calibration_policy": calibration_policy,
         "calibration_cache_dir": calibration_cache_dir, "max_map_drop": max_map_drop, "equalize": equalize,
-        "bias_correction": bias_correction, **data_selection(data_format, data_options, holdout_ids, holdout_seed),
+        "bias_correction": bias_correction,
+        **data_selection_fields(data_selection(data_root, data_format, data_options, holdout_ids, holdout_seed)),
     }
     if options_file is None:
         options = export_options(**flags)

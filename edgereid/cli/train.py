@@ -99,10 +99,8 @@ def eval_command(
     require_extra("torch", "train", "eval")
     from edgereid.training import evaluate_checkpoint
 
-    selection = data_selection(data_format, data_options, holdout_ids, holdout_seed)
     settings: dict[str, Any] = {
-        "data_root": data_root,
-        "data_format": data_format,
+        "data": data_selection(data_root, data_format, data_options, holdout_ids, holdout_seed),
         "flip": flip,
         "rerank": rerank,
         "aqe": aqe,
@@ -113,11 +111,8 @@ def eval_command(
     }
     index = None
     if visualize_dir is None:
-        report = evaluate_checkpoint(checkpoint, **{**settings, **selection})
+        report = evaluate_checkpoint(checkpoint, **settings)
     else:
-        if data_options or holdout_ids is not None:
-            raise click.UsageError("--visualize does not take reader options or --holdout-ids yet; evaluate "
-                                   "without --visualize, or name a data set that needs neither")
         from edgereid.report.visualize import evaluate_and_visualize
 
         selections = [part.strip() for part in visualize_queries.split(",") if part.strip()]

@@ -52,18 +52,10 @@ def verify_command(
     model on ONNX Runtime CPU; exits 1 when a precision is outside its tolerance."""
     from edgereid.runtime.verify import verify_runtime
 
-    selection = data_selection(data_format, data_options, holdout_ids, holdout_seed)
-    if visualize_dir is not None and (data_format is not None or data_options or holdout_ids is not None):
-        raise click.UsageError("--visualize does not take --format, reader options or --holdout-ids yet; verify "
-                               "without --visualize, or name a data set that needs none of them")
+    data = data_selection(data_root, data_format, data_options, holdout_ids, holdout_seed)
+    runner_options = parse_options(options)
     result = verify_runtime(
-        bundle,
-        backend,
-        precisions=list(precisions) or None,
-        data_root=data_root,
-        max_images=max_images,
-        **selection,
-        **parse_options(options),
+        bundle, backend, precisions=list(precisions) or None, data=data, max_images=max_images, **runner_options
     )
     if out_file is not None:
         atomic_write_text(out_file, json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -71,8 +63,8 @@ def verify_command(
         from edgereid.report.precision_diff import visualize_bundle
 
         result["visualization"] = str(visualize_bundle(
-            bundle, visualize_dir, backend, precisions=list(precisions) or None, data_root=data_root,
-            max_images=max_images, **parse_options(options),
+            bundle, visualize_dir, backend, precisions=list(precisions) or None, data=data, max_images=max_images,
+            **runner_options,
         ))
     if as_json:
         print_json(result)

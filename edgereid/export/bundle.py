@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,7 @@ from edgereid.locking import exclusive
 if TYPE_CHECKING:
     import torch
 
+    from edgereid.data.selection import DataSelection
     from edgereid.export.calibration import CalibrationPolicy
     from edgereid.recipes.schema import DataConfig
 
@@ -187,7 +188,7 @@ def _export_into(
     from edgereid.training.evaluate import build_model, build_reference_model
 
     network, opset, verify = options.network, options.opset, options.verify
-    data_root, max_images, calibration_method = options.data_root, options.max_images, options.calibration_method
+    max_images, calibration_method = options.max_images, options.calibration_method
     calibration_images, calibration_cache_dir = options.calibration_images, options.calibration_cache_dir
     max_map_drop, equalize, heldout_margin = options.max_map_drop, options.equalize, options.heldout_margin
     checkpoint = load_checkpoint(checkpoint_path)
@@ -304,9 +305,7 @@ def _export_into(
             }
         if verify:
             manifest["verification"] = verify_bundle(
-                ExportBundle(built, manifest), data_root=data_root, max_images=max_images, model=model,
-                data_format=options.data_format, data_options=options.data_options, holdout_ids=options.holdout_ids,
-                holdout_seed=options.holdout_seed,
+                ExportBundle(built, manifest), data=options.data_selection(), max_images=max_images, model=model
             )
         text = manifest_text(manifest)
         # What is written is what every reader will validate: a manifest the runtime would refuse is never published.
@@ -355,13 +354,9 @@ def _fold_check_images(data: DataConfig) -> tuple[torch.Tensor, str]:
 
 def verify_bundle(
     bundle: ExportBundle | str | Path,
-    data_root: str | Path | None = None,
-    max_images: int | None = None,
     *,
-    data_format: str | None = None,
-    data_options: Mapping[str, Any] | None = None,
-    holdout_ids: int | None = None,
-    holdout_seed: int | None = None,
+    data: DataSelection | None = None,
+    max_images: int | None = None,
     checkpoint: str | Path | None = None,
     precisions: Sequence[str] | None = None,
     batch_size: int = 64,
@@ -369,8 +364,7 @@ def verify_bundle(
 ) -> dict[str, Any]:
     """Score the bundle's models with ONNX Runtime (CPU) against the PyTorch checkpoint it came from.
 
-    The data is the recipe's query/gallery (``data_root`` replaces its root, ``data_format`` its format,
-    ``data_options`` its reader options, ``holdout_ids``/``holdout_seed`` its holdout, as
+    The data is the recipe's query/gallery (``data`` replacing its root, format, reader options and holdout, as
     :func:`edgereid.training.evaluate.select_data` does for ``edgereid eval``; ``max_images`` keeps the first N of
     each split, for both sides alike). Flip averaging follows the recipe's ``train.flip_test``, as
     ``edgereid eval``. Returns ``{"torch": {mAP, rank1}, "precisions": {p: {mAP, rank1, delta_mAP_points,
@@ -395,20 +389,22 @@ def verify_bundle(
     source = load_checkpoint(checkpoint if checkpoint is not None else manifest["source"]["checkpoint"])
     if model is None:
         model = build_reference_model(source, "cpu", network=manifest["network"])
-    data = select_data(source.recipe.data, data_root, data_format, data_options, holdout_ids, holdout_seed)
-    if tuple(data.size) != bundle.input_size:
-        raise DataError(f"the checkpoint's input size {tuple(data.size)} differs from the bundle's {bundle.input_size}")
-    dataset = prepare_dataset(data, require_train=False)
+    selected = select_data(source.recipe.data, data)
+    if tuple(selected.size) != bundle.input_size:
+        raise DataError(
+            f"the checkpoint's input size {tuple(selected.size)} differs from the bundle's {bundle.input_size}"
+        )
+    dataset = prepare_dataset(selected, require_train=False)
     if not dataset.query or not dataset.gallery:
-        raise DataError(f"data set '{data.root}' has no query or no gallery split to verify on")
+        raise DataError(f"data set '{selected.root}' has no query or no gallery split to verify on")
     remedy = more_queries_remedy(dataset.name, max_images)
     query_records = list(dataset.query)[:max_images] if max_images else list(dataset.query)
     gallery_records = list(dataset.gallery)[:max_images] if max_images else list(dataset.gallery)
-    query = decode_split(query_records, data, "query-verify" if max_images else "query")
-    gallery = decode_split(gallery_records, data, "gallery-verify" if max_images else "gallery")
+    query = decode_split(query_records, selected, "query-verify" if max_images else "query")
+    gallery = decode_split(gallery_records, selected, "gallery-verify" if max_images else "gallery")
     flip = bool(manifest["test"]["flip"])
     mean, std = manifest["input"]["mean"], manifest["input"]["std"]
-    transform = EvalTransform(data.size, data.mean, data.std)
+    transform = EvalTransform(selected.size, selected.mean, selected.std)
     device = torch.device("cpu")
     torch_query = embed_images(model, query.images, transform, device, batch_size=batch_size, flip=flip)
     torch_gallery = embed_images(model, gallery.images, transform, device, batch_size=batch_size, flip=flip)
@@ -441,7 +437,7 @@ def verify_bundle(
         }
     return {
         "runtime": "onnxruntime CPUExecutionProvider",
-        "data_root": str(data.root),
+        "data_root": str(selected.root),
         "num_query": len(query.records),
         "num_valid_queries": reference.num_valid_queries,
         "num_gallery": len(gallery.records),

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgereid.bundle_format import DEFAULT_MAX_MAP_DROP, MANIFEST_NAME, read_manifest
+from edgereid.data.selection import DataSelection
 from edgereid.errors import ConfigError
 from edgereid.export.common import DEFAULT_OPSET
 
@@ -69,6 +70,11 @@ class ExportOptions(BaseModel):
     def _policy_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value
 
+    def data_selection(self) -> DataSelection:
+        """The data to verify on instead of the recipe's, as :func:`edgereid.export.verify_bundle` takes it."""
+        return DataSelection(root=self.data_root, format=self.data_format, options=self.data_options,
+                             holdout_ids=self.holdout_ids, holdout_seed=self.holdout_seed)
+
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them: JSON, paths made absolute (a policy that names a file too), so
         that they mean the same from another working directory."""
@@ -80,6 +86,13 @@ class ExportOptions(BaseModel):
         if policy is not None and Path(policy).expanduser().is_file():
             record["calibration_policy"] = str(Path(policy).expanduser().resolve())
         return record
+
+
+def data_selection_fields(selection: DataSelection) -> dict[str, Any]:
+    """The :class:`ExportOptions` values that record ``selection`` (:meth:`ExportOptions.data_selection` reads
+    them back)."""
+    return {"data_root": selection.root, "data_format": selection.format, "data_options": dict(selection.options),
+            "holdout_ids": selection.holdout_ids, "holdout_seed": selection.holdout_seed}
 
 
 def export_options(options: ExportOptions | None = None, /, **keywords: Any) -> ExportOptions:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgereid.bundle_format import ExportBundle, load_bundle
+from edgereid.data.selection import DataSelection
 from edgereid.evaluation.bootstrap import paired_bootstrap_delta
 from edgereid.evaluation.distance import compute_distance
 from edgereid.evaluation.rank import RankResult, evaluate_rank
@@ -127,15 +128,16 @@ def visualize_bundle(
     out_dir: str | Path,
     backend: str = "onnxruntime",
     precisions: Sequence[str] | None = None,
-    data_root: str | Path | None = None,
-    max_images: int | None = None,
     *,
+    data: DataSelection | None = None,
+    max_images: int | None = None,
     count: int = 4,
     top_k: int = DEFAULT_TOP_K,
     **runner_options: Any,
 ) -> Path:
     """Draw the pictures of ``bundle``'s precisions on ``backend`` against the FP32 reference into ``out_dir``
-    and an index.html linking them; the index's path."""
+    and an index.html linking them; the index's path. The data is chosen as ``verify_runtime`` chooses it: the
+    bundle's recorded data set, ``data`` replacing its values, the first ``max_images`` query and gallery images."""
     from edgereid.runtime.embedder import Embedder
     from edgereid.runtime.runners import select_precisions
     from edgereid.runtime.verify import REFERENCE_BACKEND, REFERENCE_PRECISION, _decode, _load_split
@@ -145,7 +147,7 @@ def visualize_bundle(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     wanted = select_precisions(f"bundle '{bundle.path}'", bundle.precisions, backend, precisions, "verify")
-    _, dataset_name, query_records, gallery_records = _load_split(bundle, data_root, max_images)
+    _, dataset_name, query_records, gallery_records = _load_split(bundle, data, max_images)
     query = _decode(query_records, bundle.input_size)
     gallery = _decode(gallery_records, bundle.input_size)
     images = np.concatenate([query.images, gallery.images])

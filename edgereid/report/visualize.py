@@ -14,6 +14,7 @@ from edgereid.evaluation.features import query_gallery_distances
 from edgereid.report.ranked import DEFAULT_TOP_K, SELECTIONS, draw_ranked_lists
 
 if TYPE_CHECKING:
+    from edgereid.data.selection import DataSelection
     from edgereid.training.evaluate import EvaluationReport
 
 
@@ -21,8 +22,7 @@ def evaluate_and_visualize(
     checkpoint_path: str | Path,
     out_dir: str | Path,
     *,
-    data_root: str | Path | None = None,
-    data_format: str | None = None,
+    data: DataSelection | None = None,
     flip: bool | None = None,
     rerank: bool = False,
     aqe: bool = False,
@@ -34,12 +34,13 @@ def evaluate_and_visualize(
     count: int = 4,
     top_k: int = DEFAULT_TOP_K,
 ) -> tuple[EvaluationReport, Path]:
-    """``evaluate_checkpoint``'s report, and the index.html of the ranked lists drawn into ``out_dir``."""
+    """``evaluate_checkpoint``'s report, and the index.html of the ranked lists drawn into ``out_dir``; ``data``
+    chooses the data instead of the recipe's as for ``evaluate_checkpoint``."""
     from edgereid.training.evaluate import embed_splits, report_for
 
     started = time.perf_counter()
-    embedded = embed_splits(checkpoint_path, data_root=data_root, data_format=data_format, flip=flip, device=device,
-                            batch_size=batch_size, network=network)
+    embedded = embed_splits(checkpoint_path, data=data, flip=flip, device=device, batch_size=batch_size,
+                            network=network)
     distances = query_gallery_distances(embedded.query_features, embedded.gallery_features, metric=metric, rerank=rerank,
                                   aqe=aqe)
     report = report_for(embedded, distances, metric=metric, rerank=rerank, aqe=aqe, started=started)

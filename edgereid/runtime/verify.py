@@ -13,8 +13,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,25 +40,20 @@ def verify_runtime(
     bundle: ExportBundle | str | Path,
     backend: str = "onnxruntime",
     precisions: Sequence[str] | None = None,
-    data_root: str | Path | None = None,
-    max_images: int | None = None,
     *,
-    data_format: str | None = None,
-    data_options: Mapping[str, Any] | None = None,
-    holdout_ids: int | None = None,
-    holdout_seed: int | None = None,
+    data: DataSelection | None = None,
+    max_images: int | None = None,
     **runner_options: Any,
 ) -> dict[str, Any]:
     """Score ``precisions`` (default: every one the bundle has that ``backend`` runs) of ``bundle`` on ``backend``
     against the FP32 model on ONNX Runtime CPU; the ``edgereid.verify`` JSON document (see docs/ARCHITECTURE.md).
 
-    ``data_root`` replaces the root recorded in the bundle's verification, ``data_format`` its format (dropping the
-    recorded reader options and holdout), ``data_options`` its reader options and ``holdout_ids``/``holdout_seed``
-    its holdout (the rule of :class:`edgereid.data.selection.DataSelection`, as ``edgereid eval`` and the export's
-    verification apply it to a recipe); ``max_images`` keeps the first N query
-    and the first N gallery images. ``passed`` is |ΔmAP| within the precision's tolerance; each delta comes with its
-    paired bootstrap interval over the queries and a warning where they are too few to judge the tolerance. Without
-    onnxruntime there is no reference: deltas, intervals and ``passed`` are null (unknown), never 0.
+    The data is the one recorded in the bundle's manifest, ``data`` (root, format, reader options, holdout)
+    replacing its values by the rule of :class:`edgereid.data.selection.DataSelection`, as ``edgereid eval`` and
+    the export's verification apply it to a recipe; ``max_images`` keeps the first N query and the first N gallery
+    images. ``passed`` is |ΔmAP| within the precision's tolerance; each delta comes with its paired bootstrap
+    interval over the queries and a warning where they are too few to judge the tolerance. Without onnxruntime
+    there is no reference: deltas, intervals and ``passed`` are null (unknown), never 0.
     ``runner_options`` go to the backend.
     """
     if not isinstance(bundle, ExportBundle):
@@ -67,9 +61,7 @@ def verify_runtime(
     if max_images is not None and max_images < 1:
         raise ConfigError(f"max_images must be at least 1, got {max_images}")
     wanted = select_precisions(f"bundle '{bundle.path}'", bundle.precisions, backend, precisions, "verify")
-    selection = DataSelection(format=data_format, options=dict(data_options or {}), holdout_ids=holdout_ids,
-                              holdout_seed=holdout_seed)
-    root, dataset_name, query_records, gallery_records = _load_split(bundle, data_root, max_images, selection)
+    root, dataset_name, query_records, gallery_records = _load_split(bundle, data, max_images)
     query = _decode(query_records, bundle.input_size)
     gallery = _decode(gallery_records, bundle.input_size)
     manifest = bundle.manifest
@@ -159,22 +151,22 @@ def dataset_fingerprint(root: Path, query: Sequence[ImageRecord], gallery: Seque
 
 
 def _load_split(
-    bundle: ExportBundle, data_root: str | Path | None, max_images: int | None, selection: DataSelection | None = None
+    bundle: ExportBundle, selection: DataSelection | None, max_images: int | None
 ) -> tuple[Path, str, list[ImageRecord], list[ImageRecord]]:
     """The data set's root, name, and query and gallery records (the first ``max_images`` of each): the bundle's
-    recorded data set with ``data_root`` and ``selection`` (format, reader options, holdout) replacing its values."""
+    recorded data set with ``selection`` (root, format, reader options, holdout) replacing its values."""
     # The export records how the recipe reads its data set (manifest "data"); the layout is detected otherwise.
     recorded: dict[str, Any] = {"root": None, "format": None, "options": {}, "holdout": None,
                                 **(bundle.manifest.get("data") or {})}
-    if data_root is None and not recorded.get("root"):
+    selected = (selection or DataSelection()).apply(recorded)
+    if not selected["root"]:
         raise ConfigError(
             f"bundle '{bundle.path}' records no data set (manifest data.root); give the query/gallery data set "
             "root (--data ROOT)"
         )
-    root = Path(data_root if data_root is not None else recorded["root"])
+    root = Path(selected["root"])
     if not root.is_dir():
         raise DataError(f"data set root '{root}' does not exist or is not a directory")
-    selected = replace(selection or DataSelection(), root=root).apply(recorded)
     dataset = load_dataset(root, selected["format"], **(selected["options"] or {}))
     holdout = selected["holdout"]
     if holdout:

@@ -4,7 +4,6 @@ saved in the checkpoint; the data, flip test, query expansion and re-ranking can
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,21 +102,11 @@ class EmbeddedSplits:
     flip: bool
 
 
-def select_data(
-    data: DataConfig,
-    data_root: str | Path | None = None,
-    data_format: str | None = None,
-    data_options: Mapping[str, Any] | None = None,
-    holdout_ids: int | None = None,
-    holdout_seed: int | None = None,
-) -> DataConfig:
-    """A recipe's ``data`` with the data a command names instead (:class:`edgereid.data.selection.DataSelection`):
-    ``data_root`` replaces the root, ``data_format`` the format (dropping the recipe's reader options and holdout),
-    ``data_options`` the reader options, ``holdout_ids``/``holdout_seed`` the holdout. What ``edgereid eval``,
+def select_data(data: DataConfig, selection: DataSelection | None = None) -> DataConfig:
+    """A recipe's ``data`` with ``selection`` (the data a command names instead: root, format, reader options,
+    holdout) applied by the rule of :class:`edgereid.data.selection.DataSelection`. What ``edgereid eval``,
     :func:`edgereid.export.verify_bundle` and (on a bundle's record) ``edgereid verify`` use alike."""
-    selection = DataSelection(data_root if data_root is None else Path(data_root), data_format, dict(data_options or {}),
-                              holdout_ids, holdout_seed)
-    if selection.empty:
+    if selection is None or selection.empty:
         return data
     return type(data).model_validate(selection.apply(data.model_dump()))
 
@@ -125,48 +114,42 @@ def select_data(
 def embed_splits(
     checkpoint_path: str | Path,
     *,
-    data_root: str | Path | None = None,
-    data_format: str | None = None,
-    data_options: Mapping[str, Any] | None = None,
-    holdout_ids: int | None = None,
-    holdout_seed: int | None = None,
+    data: DataSelection | None = None,
     flip: bool | None = None,
     device: str = "auto",
     batch_size: int = 128,
     network: str | None = None,
 ) -> EmbeddedSplits:
-    """The query and gallery of ``data_root`` (default: the data the checkpoint was trained with) embedded by one of
-    its networks, as :func:`evaluate_checkpoint` scores them; the data is chosen by :func:`select_data`."""
+    """The query and gallery of the data the checkpoint was trained with (or ``data`` instead, by
+    :func:`select_data`) embedded by one of its networks, as :func:`evaluate_checkpoint` scores them."""
     checkpoint = load_checkpoint(checkpoint_path)
     network_name, _, _ = checkpoint.network(network)
-    data = select_data(checkpoint.recipe.data, data_root, data_format, data_options, holdout_ids, holdout_seed)
-    dataset = prepare_dataset(data, require_train=False)
+    selected = select_data(checkpoint.recipe.data, data)
+    dataset = prepare_dataset(selected, require_train=False)
     if not dataset.query or not dataset.gallery:
         raise DataError(
-            f"data set '{data.root}' has no query or no gallery split to evaluate on (query: {len(dataset.query)}, "
+            f"data set '{selected.root}' has no query or no gallery split to evaluate on (query: {len(dataset.query)}, "
             f"gallery: {len(dataset.gallery)} images)"
         )
     torch_device = resolve_device(device)
     model = build_model(checkpoint, torch_device, network_name)
-    transform = EvalTransform(data.size, data.mean, data.std)
+    transform = EvalTransform(selected.size, selected.mean, selected.std)
     use_flip = checkpoint.recipe.train.flip_test if flip is None else flip
-    query = decode_split(dataset.query, data, "query")
-    gallery = decode_split(dataset.gallery, data, "gallery")
+    query = decode_split(dataset.query, selected, "query")
+    gallery = decode_split(dataset.gallery, selected, "gallery")
     query_features = embed_images(model, query.images, transform, torch_device, batch_size=batch_size, flip=use_flip)
     gallery_features = embed_images(
         model, gallery.images, transform, torch_device, batch_size=batch_size, flip=use_flip
     )
-    return EmbeddedSplits(checkpoint, network_name, data, query, gallery, query_features, gallery_features, use_flip)
+    return EmbeddedSplits(
+        checkpoint, network_name, selected, query, gallery, query_features, gallery_features, use_flip
+    )
 
 
 def evaluate_checkpoint(
     checkpoint_path: str | Path,
     *,
-    data_root: str | Path | None = None,
-    data_format: str | None = None,
-    data_options: Mapping[str, Any] | None = None,
-    holdout_ids: int | None = None,
-    holdout_seed: int | None = None,
+    data: DataSelection | None = None,
     flip: bool | None = None,
     rerank: bool = False,
     aqe: bool = False,
@@ -175,17 +158,15 @@ def evaluate_checkpoint(
     batch_size: int = 128,
     network: str | None = None,
 ) -> EvaluationReport:
-    """Score a checkpoint on the query/gallery of ``data_root`` (default: the data it was trained with).
+    """Score a checkpoint on the query/gallery of the data it was trained with, or of ``data`` instead (its root,
+    format, reader options and holdout replacing the recipe's: :func:`select_data`).
 
-    ``data_format`` replaces the recipe's format (and drops its reader options and holdout), ``data_options`` its
-    reader options, ``holdout_ids``/``holdout_seed`` its holdout (:func:`select_data`); ``flip`` defaults to
-    the recipe's ``train.flip_test``; ``network`` picks a network of a mutual-learning checkpoint (default: the
-    student).
+    ``flip`` defaults to the recipe's ``train.flip_test``; ``network`` picks a network of a mutual-learning
+    checkpoint (default: the student).
     """
     started = time.perf_counter()
-    embedded = embed_splits(checkpoint_path, data_root=data_root, data_format=data_format, data_options=data_options,
-                            holdout_ids=holdout_ids, holdout_seed=holdout_seed, flip=flip, device=device,
-                            batch_size=batch_size, network=network)
+    embedded = embed_splits(checkpoint_path, data=data, flip=flip, device=device, batch_size=batch_size,
+                            network=network)
     distances = query_gallery_distances(embedded.query_features, embedded.gallery_features, metric=metric, rerank=rerank,
                                   aqe=aqe)
     return report_for(embedded, distances, metric=metric, rerank=rerank, aqe=aqe, started=started)
