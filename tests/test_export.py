@@ -43,9 +43,9 @@ HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
 HAS_FP16 = importlib.util.find_spec("onnxconverter_common") is not None
 
 
-def _model(backbone: dict, head: dict | None = None) -> nn.Module:
+def _model(backbone: dict, head: dict | None = None, pooling: str = "avg") -> nn.Module:
     torch.manual_seed(0)
-    config = ModelConfig.model_validate({"backbone": backbone, "head": head or {}})
+    config = ModelConfig.model_validate({"backbone": backbone, "head": head or {}, "pooling": pooling})
     return randomise_norms(create_model(config, num_classes=5))
 
 
@@ -117,11 +117,14 @@ def test_reduction_neck_folds_into_its_linear() -> None:
     assert float((actual - expected).abs().max()) <= 1e-5 * max(1.0, float(expected.abs().max()))
 
 
-def test_onnx_matches_torch_with_a_dynamic_batch(tmp_path: Path) -> None:
+# avgmax and clipavg: FastReID's AdaptiveAvgMaxPool and ClipGlobalAvgPool (ReduceMax, Clip in the graph). On these
+# random weights over a third of clipavg's features sit inside (0, 1) and most above 1: the clamp is exercised.
+@pytest.mark.parametrize("pooling", ["avg", "avgmax", "clipavg"])
+def test_onnx_matches_torch_with_a_dynamic_batch(pooling: str, tmp_path: Path) -> None:
     import onnx
     import onnxruntime as ort
 
-    model = _model({"name": "resnet18", "ibn": "a"})
+    model = _model({"name": "resnet18", "ibn": "a"}, pooling=pooling)
     path = tmp_path / "model.onnx"
     info = export_onnx(fold_batchnorm(model), path, SIZE)
     assert info["feature_dim"] == 512 and info["simplifier"] in ("onnxsim", "onnxslim")

@@ -71,7 +71,7 @@ def test_arch_option_overrides_the_file_name(tmp_path: Path) -> None:
     ("file_name", "arch", "expected"),
     [
         ("lmbn_n_market.pt", None, "boxmot architecture \\(from the file name 'lmbn_n_market.pt'\\) 'lmbn_n' is not"),
-        ("osnet_ain_x1_0_msmt17.pt", None, "'osnet_ain_x1_0' is not supported: its instance-norm blocks"),
+        ("mlfn_market1501.pt", None, "'mlfn' is not supported by edgereid's importer"),
         ("weights.pt", "osnet_x9", "boxmot architecture 'osnet_x9' \\(from --arch\\) is not a boxmot model type"),
     ],
 )

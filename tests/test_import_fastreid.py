@@ -33,6 +33,11 @@ _SBS = _BOT | {
 }
 _IBN = {"MODEL.BACKBONE.WITH_IBN": True}
 _R101 = {"MODEL.BACKBONE.DEPTH": "101x"}
+_SE = {"MODEL.BACKBONE.WITH_SE": True}
+_X = {"MODEL.BACKBONE.NAME": "build_resnext_backbone"}
+_S = {"MODEL.BACKBONE.NAME": "build_resnest_backbone"}
+_SMALL = {"INPUT.SIZE_TEST": [128, 64]}
+_R18_SMALL = {"MODEL.BACKBONE.DEPTH": "18x", "MODEL.BACKBONE.FEAT_DIM": 512} | _SMALL
 CONFIGS: dict[str, dict[str, Any]] = {
     "bagtricks_R50": _BOT,
     "bagtricks_R50-ibn": _BOT | _IBN,
@@ -53,6 +58,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "R50_gem_reduction_arcface": _BOT | {"MODEL.HEADS.POOL_LAYER": "GeneralizedMeanPoolingP",
                                          "MODEL.HEADS.EMBEDDING_DIM": 256, "MODEL.HEADS.CLS_LAYER": "ArcSoftmax",
                                          "MODEL.HEADS.SCALE": 30, "MODEL.HEADS.MARGIN": 0.3},
+    "R18_avgmax": _BOT | _R18_SMALL | {"MODEL.HEADS.POOL_LAYER": "AdaptiveAvgMaxPool"},
+    # About a third of the pooled features reach the clamp at 1 on these random weights, the rest stay inside.
+    "R18_clipavg": _BOT | _R18_SMALL | {"MODEL.HEADS.POOL_LAYER": "ClipGlobalAvgPool"},
+    "R18_se": _BOT | _R18_SMALL | _SE,
+    "AGW_R50-se-ibn": _AGW | _SE | _IBN | _SMALL,
+    # FastReID's ResNeXt: IBN-a in all four layers, torchvision's stem pool; its builder reads no WITH_SE.
+    "bagtricks_X50-ibn": _BOT | _X | _IBN | _SMALL,
+    "AGW_X50": _AGW | _X | _SMALL,
+    "AGW_X101-ibn_se-ignored": _AGW | _X | _R101 | _IBN | _SE | _SMALL,
+    # FastReID's ResNeSt: last stride 1 by dilation; its builder reads no WITH_IBN/WITH_NL/WITH_SE.
+    "sbs_S50_ibn-nl-se-ignored": _SBS | _S | _IBN | _SE | _SMALL,
+    "bagtricks_S50_last-stride-2": _BOT | _S | _SMALL | {"MODEL.BACKBONE.LAST_STRIDE": 2},
 }
 
 
@@ -113,7 +130,8 @@ def test_embedding_equals_fastreid(name: str, tmp_path: Path) -> None:
     assert data.size == (height, width)
     assert data.mean == pytest.approx(tuple(value / 255 for value in cfg.MODEL.PIXEL_MEAN))
     assert checkpoint.metrics["imported"]["library"] == "fastreid"
-    assert result.model.backbone.ibn == ("a" if cfg.MODEL.BACKBONE.WITH_IBN else None)
+    reads_ibn = cfg.MODEL.BACKBONE.NAME != "build_resnest_backbone"
+    assert result.model.backbone.ibn == ("a" if cfg.MODEL.BACKBONE.WITH_IBN and reads_ibn else None)
 
 
 def test_cli_import(tmp_path: Path) -> None:
@@ -143,12 +161,11 @@ def _dumped(tmp_path: Path, changes: dict[str, Any]) -> Path:
     ("key", "value", "expected"),
     [
         ("MODEL.META_ARCHITECTURE", "MGN", "multi-branch"),
-        ("MODEL.BACKBONE.NAME", "build_osnet_backbone", "build_resnet_backbone"),
+        ("MODEL.BACKBONE.NAME", "build_osnet_backbone", "build_resnet_backbone, build_resnext_backbone"),
+        ("MODEL.BACKBONE.NAME", "build_mobilenetv2_backbone", "MobileNet.* not supported"),
         ("MODEL.BACKBONE.DEPTH", "152x", "one of 18x"),
-        ("MODEL.BACKBONE.WITH_SE", True, "SE blocks"),
         ("MODEL.HEADS.NAME", "ClasHead", "EmbeddingHead"),
-        ("MODEL.HEADS.POOL_LAYER", "AdaptiveAvgMaxPool", "no average\\+max pooling"),
-        ("MODEL.HEADS.POOL_LAYER", "ClipGlobalAvgPool", "no clipped average pooling"),
+        ("MODEL.HEADS.POOL_LAYER", "Identity", "needs a global pooling"),
         ("MODEL.HEADS.POOL_LAYER", "NoSuchPool", "not a FastReID pooling layer"),
         ("MODEL.HEADS.CLS_LAYER", "NoSuchSoftmax", "one of Linear"),
         ("MODEL.BACKBONE.NORM", "FrozenBN", "one of BN"),

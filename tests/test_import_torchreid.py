@@ -13,12 +13,15 @@ from click.testing import CliRunner
 
 from edgereid.cli import cli
 from edgereid.errors import ConfigError
-from edgereid.importers.torchreid import SUPPORTED, UNSUPPORTED, import_torchreid
+from edgereid.importers.common import Preprocessing
+from edgereid.importers.torchreid import SUPPORTED, import_torchreid
 from edgereid.training.checkpoint import load_checkpoint
 from edgereid.training.evaluate import build_model
 from tests.reid_refs import max_cosine_distance, randomize, reference_library
 
 COSINE_TOLERANCE = 1e-5  # cosine ≥ 0.99999 per image
+# One of each family at reduced cost: the small OSNet, the AIN one (InstanceNorm) and torchreid's MobileNetV2.
+SMALL_ARCHS = ["osnet_x0_25", "osnet_ain_x0_25", "mobilenetv2_x1_0"]
 
 
 def _torchreid_model(arch: str, num_classes: int = 13) -> torch.nn.Module:
@@ -72,28 +75,37 @@ def test_embedding_equals_torchreid(arch: str, tmp_path: Path) -> None:
         assert result.path == out
 
 
-def test_cli_import_and_preprocessing_options(tmp_path: Path) -> None:
-    reference = _torchreid_model("osnet_x0_25")
-    weights = tmp_path / "osnet_x0_25.pth"
+@pytest.mark.parametrize("arch", SMALL_ARCHS)
+def test_cli_import_and_preprocessing_options(arch: str, tmp_path: Path) -> None:
+    reference = _torchreid_model(arch)
+    weights = tmp_path / f"{arch}.pth"
     torch.save(reference.state_dict(), weights)
     out = tmp_path / "ck.pt"
     result = CliRunner().invoke(cli, [
-        "import", "torchreid", "osnet_x0_25", str(weights), "--out", str(out), "--size", "128", "64",
+        "import", "torchreid", arch, str(weights), "--out", str(out), "--size", "128", "64",
         "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--json",
     ])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert payload["preprocessing"] == {"size": [128, 64], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    assert payload["model"]["backbone"]["name"] == "osnet_x0_25_fc512"
+    assert payload["model"]["backbone"]["name"] == SUPPORTED[arch].model["backbone"]["name"]
     recipe = load_checkpoint(out).recipe
     assert recipe.data.size == (128, 64) and recipe.data.std == (0.25, 0.25, 0.25)
     images = torch.randn(2, 3, 128, 64)
     with torch.no_grad():
         expected = reference(images)
-    assert max_cosine_distance(expected, _imported_embedding(out, images)) <= COSINE_TOLERANCE
+    distance = max_cosine_distance(expected, _imported_embedding(out, images))
+    print(f"{arch} at 128x64: max(1 - cosine) = {distance:.2e}")
+    assert distance <= COSINE_TOLERANCE, distance
 
 
-@pytest.mark.parametrize("arch", [*sorted(UNSUPPORTED), "resnet50_fc512", "no_such_net"])
+def test_help_names_every_supported_architecture() -> None:
+    result = CliRunner().invoke(cli, ["import", "torchreid", "--help"])
+    assert result.exit_code == 0, result.output
+    assert [arch for arch in SUPPORTED if arch not in result.output] == []
+
+
+@pytest.mark.parametrize("arch", ["resnet50_fc512", "shufflenet", "no_such_net"])
 def test_unsupported_architectures_are_refused(arch: str, tmp_path: Path) -> None:
     weights = tmp_path / "w.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, weights)
@@ -108,7 +120,8 @@ def test_unsupported_architectures_are_refused(arch: str, tmp_path: Path) -> Non
     assert not out.exists()
 
 
-def test_embedding_equals_torchreid_on_real_images(shared_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", SMALL_ARCHS)
+def test_embedding_equals_torchreid_on_real_images(arch: str, shared_data: Path, tmp_path: Path) -> None:
     """16 real Market-1501 crops through each library's own preprocessing: torchreid's test transform (PIL bilinear
     resize, ToTensor, ImageNet Normalize) into torchreid's model, edgereid's decode_image + normalize_images (the
     runtime's preprocessing) into the imported model. Both resize with Pillow's bilinear filter, so the pixels are
@@ -120,7 +133,6 @@ def test_embedding_equals_torchreid_on_real_images(shared_data: Path, tmp_path: 
     paths = sorted((shared_data / "mini-market1501" / "query").glob("*.jpg"))[:16]
     if len(paths) < 16:
         pytest.skip(f"fewer than 16 query images in {shared_data / 'mini-market1501'}")
-    arch = "osnet_x0_25"
     torch.manual_seed(zlib.crc32(arch.encode()))
     reference = _torchreid_model(arch)
     transforms = reference_library("torchreid.reid.data.transforms")
@@ -137,4 +149,38 @@ def test_embedding_equals_torchreid_on_real_images(shared_data: Path, tmp_path: 
     embedding = _imported_embedding(out, torch.from_numpy(normalize_images(pixels, data.mean, data.std)))
     distance = max_cosine_distance(expected, embedding)
     print(f"{arch} on {len(paths)} real images: max(1 - cosine) = {distance:.2e}")
+    assert distance <= COSINE_TOLERANCE, distance
+
+
+@pytest.mark.parametrize("arch", ["osnet_ain_x0_25", "mobilenetv2_x1_0"])
+def test_export_keeps_instance_norm_and_onnx_equals_torchreid(arch: str, tmp_path: Path) -> None:
+    """`edgereid export` of an imported model: its BatchNorms fold, its InstanceNorms stay (they normalise each
+    image by its own statistics, which no conv weight can carry) and ONNX Runtime's FP32 embedding is torchreid's."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgereid.export import export_checkpoint
+
+    torch.manual_seed(zlib.crc32(arch.encode()))
+    reference = _torchreid_model(arch)
+    weights = tmp_path / f"{arch}.pth"
+    torch.save(reference.state_dict(), weights)
+    checkpoint = tmp_path / "imported.pt"
+    import_torchreid(arch, weights, checkpoint, preprocessing=Preprocessing(size=(128, 64)))
+    bundle = export_checkpoint(checkpoint, tmp_path / "bundle")
+    onnx_path = bundle.model_path("fp32")
+    operators = [node.op_type for node in onnx.load(str(onnx_path)).graph.node]
+    instance_norms = sum(isinstance(module, torch.nn.InstanceNorm2d) for module in reference.modules())
+    assert instance_norms == (5 if arch.startswith("osnet_ain") else 0)  # the stem and four OSBlockINin
+    assert operators.count("InstanceNormalization") == instance_norms
+    assert "BatchNormalization" not in operators
+    assert bundle.manifest["fold"]["kept"] == ["heads.neck.bn"]  # every backbone BN folded; IN is no BN
+    assert bundle.manifest["fold"]["check"]["cosine_min"] >= 1 - COSINE_TOLERANCE
+    images = torch.randn(3, 3, 128, 64)
+    with torch.no_grad():
+        expected = reference(images)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(["embeddings"], {"images": images.numpy()})
+    distance = max_cosine_distance(expected, torch.from_numpy(actual))
+    print(f"{arch} exported, ONNX Runtime FP32 at 128x64: max(1 - cosine) = {distance:.2e}")
     assert distance <= COSINE_TOLERANCE, distance

@@ -25,6 +25,7 @@ from edgereid.modeling import (
 from edgereid.modeling.classifiers import ArcFace
 from edgereid.modeling.layers.ibn import IBN
 from edgereid.modeling.layers.pooling import GeMPool
+from edgereid.modeling.layers.squeeze_excitation import SqueezeExcitation
 from edgereid.modeling.pretrained import load_pretrained
 
 IMAGES = (2, 3, 64, 32)
@@ -61,7 +62,11 @@ def test_every_backbone_trains_and_embeds(name: str) -> None:
     assert embedding.shape == (2, model.feature_dim) and model.feature_dim == channels
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnest50", "mobilenetv2", "osnet_x0_25", "plaincnn16"])
+@pytest.mark.parametrize(
+    "name",
+    ["resnet18", "resnest50", "fastreid_resnest50", "mobilenetv2", "torchreid_mobilenetv2_x1_0", "osnet_x0_25",
+     "osnet_ain_x0_25", "plaincnn16"],
+)
 def test_last_stride_two_halves_the_map(name: str) -> None:
     sizes = {}
     for stride in (1, 2):
@@ -89,15 +94,27 @@ def test_ibn_b_puts_instance_norm_in_the_stem_and_after_additions() -> None:
     assert model.train()(torch.randn(*IMAGES), torch.tensor([0, 1]))["logits"].shape == (2, 5)
 
 
+def test_se_goes_into_every_block_beside_ibn_b() -> None:
+    model = model_for(backbone={"name": "resnet18", "ibn": "b", "se": True})
+    body = model.backbone.body
+    blocks = [block for stage in (1, 2, 3, 4) for block in getattr(body, f"layer{stage}")]
+    assert all(isinstance(block.se, SqueezeExcitation) for block in blocks)
+    assert isinstance(body.layer1[-1].IN, nn.InstanceNorm2d) and isinstance(body.layer3[-1].IN, nn.Identity)
+    assert model.train()(torch.randn(*IMAGES), torch.tensor([0, 1]))["logits"].shape == (2, 5)
+    with pytest.raises(ConfigError, match=r"model\.backbone: se applies to the torchvision-block ResNets"):
+        parse_model_config({"backbone": {"name": "resnext50", "se": True}})
+
+
 def test_non_local_blocks_follow_fastreid_counts() -> None:
     model = model_for(backbone={"name": "resnet50", "non_local": [3, 2]})
     assert [len(model.backbone.non_local[f"stage{s}"]) for s in (2, 3)] == [2, 3]
     assert model.train()(torch.randn(*IMAGES), torch.tensor([0, 1]))["logits"].shape == (2, 5)
 
 
-def test_resnet_only_options_are_refused_elsewhere() -> None:
-    with pytest.raises(ConfigError, match="model.backbone.ibn"):
-        model_for(backbone={"name": "mobilenetv2", "ibn": "a"})
+@pytest.mark.parametrize("name", ["mobilenetv2", "fastreid_resnest50"])
+def test_resnet_only_options_are_refused_elsewhere(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"model.backbone.ibn: .*'{name}'"):
+        model_for(backbone={"name": name, "ibn": "a"})
 
 
 def test_gem_is_average_at_p1_and_tends_to_max() -> None:
@@ -107,7 +124,7 @@ def test_gem_is_average_at_p1_and_tends_to_max() -> None:
     assert isinstance(GeMPool(3.0, learnable=True).p, nn.Parameter)
 
 
-@pytest.mark.parametrize("pooling", ["avg", "max", "gem", "gem_learnable", "attention"])
+@pytest.mark.parametrize("pooling", ["avg", "max", "avgmax", "clipavg", "gem", "gem_learnable", "attention"])
 def test_every_pooling_builds(pooling: str) -> None:
     model = model_for(pooling=pooling).eval()
     assert model(torch.randn(*IMAGES)).shape == (2, 512)
@@ -190,7 +207,7 @@ def test_local_distance_matches_naive_dp() -> None:
 
 
 def test_backbones_without_imagenet_weights_refuse_the_download() -> None:
-    for name in ("plaincnn16", "osnet_x0_25"):
+    for name in ("plaincnn16", "osnet_x0_25", "fastreid_resnext101"):
         with pytest.raises(ConfigError, match=f"model.backbone.pretrained: .*'{name}'"):
             model_for(backbone={"name": name, "pretrained": "imagenet"})
 

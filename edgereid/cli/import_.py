@@ -90,7 +90,10 @@ def import_group() -> None:
 def import_torchreid_command(arch: str, weights: Path, out: Path, size: tuple[int, int] | None,
                              mean: tuple[float, float, float] | None, std: tuple[float, float, float] | None,
                              data_root: Path | None, data_format: str | None, as_json: bool) -> None:
-    """torchreid weights of architecture ARCH (e.g. osnet_x1_0): a model-zoo .pth or a .pth.tar checkpoint."""
+    """torchreid weights of architecture ARCH: a model-zoo .pth or a .pth.tar checkpoint.
+
+    ARCH: osnet_x1_0, osnet_x0_75, osnet_x0_5, osnet_x0_25, osnet_ibn_x1_0, osnet_ain_x1_0, osnet_ain_x0_75,
+    osnet_ain_x0_5, osnet_ain_x0_25, resnet50, mobilenetv2_x1_0 or mobilenetv2_x1_4."""
     require_extra("torch", "train", "import")
     from edgereid.importers.torchreid import import_torchreid
 

@@ -1,10 +1,13 @@
 """FastReID (``config.yaml`` + ``model_final.pth``) → an edgereid checkpoint.
 
-The ``Baseline`` meta-architecture as FastReID dumps its configuration: ResNet 18/34/50/101 with IBN-a and non-local
-blocks (edgereid's ``fastreid_resnet*`` backbones: FastReID's stem pooling and non-local width), the
-``EmbeddingHead`` with average/max/GeM/GeM-P pooling, the BN-neck and the reduction to ``EMBEDDING_DIM``, last
-stride, ``INPUT.SIZE_TEST`` and ``MODEL.PIXEL_MEAN/PIXEL_STD`` (FastReID's 0–255 units, divided by 255 for
-edgereid's [0, 1] images).
+The ``Baseline`` meta-architecture as FastReID dumps its configuration: ResNet 18/34/50/101 with IBN-a, SE and
+non-local blocks and ResNeXt 50/101 (32×4d) with IBN-a and non-local blocks (edgereid's ``fastreid_resnet*`` and
+``fastreid_resnext*`` backbones: FastReID's stem pooling, IBN layers and non-local width), ResNeSt 50/101/200/269
+(``fastreid_resnest*``: its last stride 1 by dilation), the ``EmbeddingHead`` with average/max/average+max/clipped
+average/GeM/GeM-P pooling, the BN-neck and the reduction to ``EMBEDDING_DIM``, last stride, ``INPUT.SIZE_TEST`` and
+``MODEL.PIXEL_MEAN/PIXEL_STD`` (FastReID's 0–255 units, divided by 255 for edgereid's [0, 1] images). The
+``WITH_*`` switches a FastReID builder does not read (``WITH_SE`` for ResNeXt, all of them for ResNeSt) are ignored,
+as FastReID ignores them.
 
 FastReID's eval output is always the feature after its neck (``NECK_FEAT`` only picks the training-time metric
 feature), so the imported model's embedding is the post-neck feature. A reduction (``EMBEDDING_DIM > 0``) is a
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -36,18 +39,35 @@ from edgereid.importers.common import (
 from edgereid.modeling.config import ModelConfig
 
 LIBRARY = "fastreid"
-_DEPTHS = {"18x": "fastreid_resnet18", "34x": "fastreid_resnet34", "50x": "fastreid_resnet50",
-           "101x": "fastreid_resnet101"}
+
+
+class _Backbone(NamedTuple):
+    depths: dict[str, str]  # MODEL.BACKBONE.DEPTH → edgereid's backbone
+    options: tuple[str, ...]  # the MODEL.BACKBONE.WITH_* keys the builder reads; it ignores the others, as must we
+
+
+# The ResNeXt builder has no 152x: no non-local counts for it, a KeyError in FastReID itself.
+_BACKBONES = {
+    "build_resnet_backbone": _Backbone(
+        {"18x": "fastreid_resnet18", "34x": "fastreid_resnet34", "50x": "fastreid_resnet50",
+         "101x": "fastreid_resnet101"}, ("WITH_IBN", "WITH_NL", "WITH_SE")),
+    "build_resnext_backbone": _Backbone({"50x": "fastreid_resnext50", "101x": "fastreid_resnext101"},
+                                        ("WITH_IBN", "WITH_NL")),
+    "build_resnest_backbone": _Backbone(
+        {"50x": "fastreid_resnest50", "101x": "fastreid_resnest101", "200x": "fastreid_resnest200",
+         "269x": "fastreid_resnest269"}, ()),
+}
+_BACKBONES_SUPPORTED = "ResNet 18/34/50/101, ResNeXt 50/101 32×4d, ResNeSt 50/101/200/269"
 _POOLING = {
     "GlobalAvgPool": "avg",
     "FastGlobalAvgPool": "avg",
     "GlobalMaxPool": "max",
+    "AdaptiveAvgMaxPool": "avgmax",
+    "ClipGlobalAvgPool": "clipavg",
     "GeneralizedMeanPooling": "gem",
     "GeneralizedMeanPoolingP": "gem_learnable",
 }
 _POOLING_MISSING = {
-    "AdaptiveAvgMaxPool": "edgereid has no average+max pooling",
-    "ClipGlobalAvgPool": "edgereid has no clipped average pooling",
     "Identity": "the head needs a global pooling",
     "Flatten": "the head needs a global pooling",
 }
@@ -96,13 +116,13 @@ def model_from_config(config: Mapping[str, Any], path: Path) -> tuple[ModelConfi
         raise _refuse(path, "MODEL.META_ARCHITECTURE", meta,
                       "'Baseline' (MGN, MoCo, Distiller and other multi-branch models are not supported yet)")
     backbone = _get(config, "MODEL.BACKBONE.NAME", "build_resnet_backbone", path)
-    if backbone != "build_resnet_backbone":
-        raise _refuse(path, "MODEL.BACKBONE.NAME", backbone, "'build_resnet_backbone' (ResNet 18/34/50/101)")
+    if backbone not in _BACKBONES:
+        raise _refuse(path, "MODEL.BACKBONE.NAME", backbone, f"one of {', '.join(_BACKBONES)} ({_BACKBONES_SUPPORTED}; "
+                      "OSNet, MobileNet, RegNet, ShuffleNet, RepVGG and ViT are not supported yet)")
+    depths, options = _BACKBONES[backbone]
     depth = str(_get(config, "MODEL.BACKBONE.DEPTH", "50x", path))
-    if depth not in _DEPTHS:
-        raise _refuse(path, "MODEL.BACKBONE.DEPTH", depth, f"one of {', '.join(_DEPTHS)}")
-    if _get(config, "MODEL.BACKBONE.WITH_SE", False, path):
-        raise _refuse(path, "MODEL.BACKBONE.WITH_SE", True, "False (edgereid's ResNets have no SE blocks)")
+    if depth not in depths:
+        raise _refuse(path, "MODEL.BACKBONE.DEPTH", depth, f"one of {', '.join(depths)} for {backbone}")
     for key in ("MODEL.BACKBONE.NORM", "MODEL.HEADS.NORM"):
         norm = _get(config, key, "BN", path)
         if norm not in _NORMS:
@@ -122,9 +142,17 @@ def model_from_config(config: Mapping[str, Any], path: Path) -> tuple[ModelConfi
         raise _refuse(path, "MODEL.HEADS.CLS_LAYER", cls_layer, f"one of {', '.join(_CLASSIFIERS)}")
     embedding_dim = int(_get(config, "MODEL.HEADS.EMBEDDING_DIM", 0, path) or 0)
     with_bnneck = bool(_get(config, "MODEL.HEADS.WITH_BNNECK", False, path))
-    with_nl = bool(_get(config, "MODEL.BACKBONE.WITH_NL", False, path))
-    name = _DEPTHS[depth]
-    non_local = [2, 3] if with_nl and depth in ("50x", "101x") else []
+
+    def switched_on(option: str) -> bool:
+        return option in options and bool(_get(config, f"MODEL.BACKBONE.{option}", False, path))
+
+    backbone_cfg = {
+        "name": depths[depth],
+        "last_stride": last_stride,
+        "ibn": "a" if switched_on("WITH_IBN") else None,
+        "non_local": [2, 3] if switched_on("WITH_NL") and depth in ("50x", "101x") else [],
+        "se": switched_on("WITH_SE"),
+    }
     classifier: dict[str, Any] = {"kind": _CLASSIFIERS[cls_layer]}
     if cls_layer != "Linear":
         classifier |= {"scale": float(_get(config, "MODEL.HEADS.SCALE", 1, path)),
@@ -134,8 +162,7 @@ def model_from_config(config: Mapping[str, Any], path: Path) -> tuple[ModelConfi
     else:
         head_cfg = {"kind": "bnneck", "neck_feat": "after" if with_bnneck else "before"}
     model = ModelConfig.model_validate({
-        "backbone": {"name": name, "last_stride": last_stride, "ibn": "a" if _get(
-            config, "MODEL.BACKBONE.WITH_IBN", False, path) else None, "non_local": non_local},
+        "backbone": backbone_cfg,
         "pooling": _POOLING[pool],
         "gem_p": 3.0,
         "head": head_cfg,
@@ -157,7 +184,7 @@ def model_from_config(config: Mapping[str, Any], path: Path) -> tuple[ModelConfi
         std=(std[0] / 255.0, std[1] / 255.0, std[2] / 255.0),
     )
     facts = {"embedding_dim": embedding_dim, "with_bnneck": with_bnneck, "meta_architecture": meta,
-             "depth": depth, "pool_layer": pool, "neck_feat": _get(config, "MODEL.HEADS.NECK_FEAT", "before", path)}
+             "pool_layer": pool, "neck_feat": _get(config, "MODEL.HEADS.NECK_FEAT", "before", path)}
     return model, preprocessing, facts
 
 
@@ -218,8 +245,8 @@ def _map_keys(state: Mapping[str, Tensor], facts: Mapping[str, Any]) -> tuple[di
     return mapped, source
 
 
-def _source_name(key: str) -> str:
-    """An edgereid key as FastReID names it (for keys the file lacks)."""
+def fastreid_key(key: str) -> str:
+    """An edgereid key as FastReID names it (to name keys a file lacks; to write a FastReID file)."""
     if key.startswith("backbone.body."):
         return "backbone." + key[len("backbone.body.") :]
     if key.startswith("backbone.non_local.stage"):
@@ -256,8 +283,8 @@ def import_fastreid(config_path: Path, weights: Path, out: Path, *, data: DataSo
         model,
         mapped,
         path=weights,
-        what=f"the FastReID model '{config_path}' describes ({facts['depth']} ResNet, {facts['pool_layer']})",
-        source_key=lambda key: source.get(key) or _source_name(key),
+        what=f"the FastReID model '{config_path}' describes ({cfg.backbone.name}, {facts['pool_layer']})",
+        source_key=lambda key: source.get(key) or fastreid_key(key),
     )
     provenance: dict[str, Any] = {
         "library": LIBRARY,

@@ -5,10 +5,13 @@ torchreid's model-zoo files are bare state dicts; its training checkpoints (``mo
 edgereid backbone whose module names are torchreid's, so the weights map by prefix alone, and a head whose eval
 output is torchreid's eval-mode output (its test feature ``v``):
 
-- OSNets: ``osnet_*_fc512`` backbones (torchreid's network, average pooling and its 512-d ``fc`` inside), average
-  pooling of the 1×1 map and the pre-neck feature (``neck_feat: before``).
+- OSNets (``osnet_x*``, ``osnet_ibn_x1_0``, ``osnet_ain_x*``): ``osnet_*_fc512`` backbones (torchreid's network,
+  average pooling and its 512-d ``fc`` inside), average pooling of the 1×1 map and the pre-neck feature
+  (``neck_feat: before``).
 - ResNet-50: torchvision's ResNet-50 (torchreid's has the same key names) with last stride 2, average pooling and
   the pre-neck feature.
+- MobileNetV2 (``mobilenetv2_x1_0``, ``mobilenetv2_x1_4``): ``torchreid_mobilenetv2_*`` backbones (torchreid's
+  network, not torchvision's) with last stride 2, average pooling and the pre-neck feature (1280-d, 1792-d).
 """
 
 from __future__ import annotations
@@ -40,41 +43,28 @@ class _Arch:
     dropped: tuple[str, ...] = ("classifier.",)  # torchreid keys with no counterpart (its identity classifier)
 
 
-def _osnet(name: str) -> _Arch:
-    return _Arch(
-        {"backbone": {"name": f"{name}_fc512"}, "pooling": "avg", "head": {"kind": "bnneck", "neck_feat": "before"}},
-        "backbone.",
-    )
+def _pooled(backbone: dict[str, Any], prefix: str = "backbone.") -> _Arch:
+    """torchreid's test feature: the backbone's map average-pooled, taken before edgereid's BN-neck."""
+    return _Arch({"backbone": backbone, "pooling": "avg", "head": {"kind": "bnneck", "neck_feat": "before"}}, prefix)
 
 
+_OSNETS = (
+    "osnet_x1_0", "osnet_x0_75", "osnet_x0_5", "osnet_x0_25", "osnet_ibn_x1_0",
+    "osnet_ain_x1_0", "osnet_ain_x0_75", "osnet_ain_x0_5", "osnet_ain_x0_25",
+)
+_MOBILENETS = ("mobilenetv2_x1_0", "mobilenetv2_x1_4")
 SUPPORTED: dict[str, _Arch] = {
-    **{name: _osnet(name) for name in ("osnet_x1_0", "osnet_x0_75", "osnet_x0_5", "osnet_x0_25", "osnet_ibn_x1_0")},
-    "resnet50": _Arch(
-        {
-            "backbone": {"name": "resnet50", "last_stride": 2},
-            "pooling": "avg",
-            "head": {"kind": "bnneck", "neck_feat": "before"},
-        },
-        "backbone.body.",
-    ),
-}
-# torchreid architectures edgereid cannot express exactly (yet), and why.
-UNSUPPORTED: dict[str, str] = {
-    "osnet_ain_x1_0": "its instance-norm blocks (OSBlockINin, LightConvStream) have no edgereid counterpart yet",
-    "osnet_ain_x0_75": "its instance-norm blocks (OSBlockINin, LightConvStream) have no edgereid counterpart yet",
-    "osnet_ain_x0_5": "its instance-norm blocks (OSBlockINin, LightConvStream) have no edgereid counterpart yet",
-    "osnet_ain_x0_25": "its instance-norm blocks (OSBlockINin, LightConvStream) have no edgereid counterpart yet",
-    "mobilenetv2_x1_0": "torchreid's MobileNetV2 keeps an expansion conv in its first block and rounds widths "
-    "differently from torchvision's, which edgereid's mobilenetv2 is",
-    "mobilenetv2_x1_4": "torchreid's MobileNetV2 keeps an expansion conv in its first block and rounds widths "
-    "differently from torchvision's, which edgereid's mobilenetv2 is",
+    **{name: _pooled({"name": f"{name}_fc512"}) for name in _OSNETS},
+    # torchreid's ResNet-50 and MobileNetV2 keep their output stride 32.
+    "resnet50": _pooled({"name": "resnet50", "last_stride": 2}, "backbone.body."),
+    **{name: _pooled({"name": f"torchreid_{name}", "last_stride": 2}) for name in _MOBILENETS},
 }
 # torchreid's other model-factory names: known to torchreid, not to this importer.
 OTHER_TORCHREID = (
     "resnet18", "resnet34", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnet50_fc512",
     "se_resnet50", "se_resnet50_fc512", "se_resnet101", "se_resnext50_32x4d", "se_resnext101_32x4d", "densenet121",
     "densenet169", "densenet201", "densenet161", "densenet121_fc512", "inceptionresnetv2", "inceptionv4",
-    "xception", "resnet50_ibn_a", "resnet50_ibn_b", "nasnsetmobile", "mobilenetv2_x1_0", "shufflenet",
+    "xception", "resnet50_ibn_a", "resnet50_ibn_b", "nasnsetmobile", "shufflenet",
     "squeezenet1_0", "squeezenet1_0_fc512", "squeezenet1_1", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
     "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "mudeep", "resnet50mid", "hacnn", "pcb_p6", "pcb_p4", "mlfn",
 )
@@ -85,8 +75,6 @@ def check_arch(arch: str, where: str = "torchreid architecture") -> _Arch:
     if arch in SUPPORTED:
         return SUPPORTED[arch]
     supported = ", ".join(SUPPORTED)
-    if arch in UNSUPPORTED:
-        raise ConfigError(f"{where} '{arch}' is not supported: {UNSUPPORTED[arch]}; supported: {supported}")
     if arch in OTHER_TORCHREID:
         raise ConfigError(f"{where} '{arch}' is not supported by edgereid's importer; supported: {supported}")
     raise ConfigError(f"{where} '{arch}' is not a torchreid model name; expected one of: {supported}")

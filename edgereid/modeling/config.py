@@ -6,6 +6,7 @@ feature, and a bias-free linear classifier.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgereid.errors import ConfigError
+
+# The backbones built of torchvision's BasicBlock/Bottleneck, which `se` extends (timm's and others' are not).
+_SE_BACKBONES = re.compile(r"(fastreid_)?resnet(18|34|50|101)|fastreid_resnext(50|101)")
 
 
 class _Strict(BaseModel):
@@ -30,6 +34,9 @@ class BackboneConfig(_Strict):
     ibn: Literal["a", "b"] | None = None
     # ResNet stages (1–4) that get FastReID's non-local blocks after their last blocks.
     non_local: list[Literal[1, 2, 3, 4]] = Field(default_factory=list)
+    # FastReID's SE-ResNet: a squeeze-excitation block (reduction 16) before every residual addition. On the
+    # torchvision-block ResNets (resnet18/34/50/101, fastreid_resnet*, fastreid_resnext*) only.
+    se: bool = False
 
     @field_validator("name")
     @classmethod
@@ -40,6 +47,15 @@ class BackboneConfig(_Strict):
         if value not in available_backbones():
             raise ValueError(unknown_backbone_message(value))
         return value
+
+    @model_validator(mode="after")
+    def _se_on_torchvision_resnets(self) -> BackboneConfig:
+        if self.se and not _SE_BACKBONES.fullmatch(self.name):
+            raise ValueError(
+                f"se applies to the torchvision-block ResNets (resnet18/34/50/101, fastreid_resnet*, "
+                f"fastreid_resnext*) only, not '{self.name}'; leave it out"
+            )
+        return self
 
     @field_validator("non_local")
     @classmethod
@@ -103,7 +119,9 @@ class LocalBranchConfig(_Strict):
 
 class ModelConfig(_Strict):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    pooling: Literal["avg", "max", "gem", "gem_learnable", "attention"] = "avg"
+    # avgmax: average + max (summed); clipavg: average clamped to [0, 1] (FastReID's AdaptiveAvgMaxPool and
+    # ClipGlobalAvgPool).
+    pooling: Literal["avg", "max", "avgmax", "clipavg", "gem", "gem_learnable", "attention"] = "avg"
     gem_p: float = Field(3.0, gt=0)
     head: HeadConfig = Field(default_factory=HeadConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)

@@ -74,3 +74,19 @@ def last_stride_to_one(root: nn.Module) -> None:
     if last is None:
         raise ValueError(f"{type(root).__name__} has no stride-2 layer")
     set_stride_one(last)
+
+
+def init_like_torchreid(root: nn.Module) -> None:
+    """torchreid's initialisation of its OSNets and MobileNetV2: Kaiming-normal convs (fan-out), unit norms, small
+    linears, zero biases (InstanceNorm keeps its own unit init)."""
+    for module in root.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0, 0.01)
+            nn.init.zeros_(module.bias)

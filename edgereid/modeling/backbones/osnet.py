@@ -1,11 +1,19 @@
-"""OSNet (Zhou et al., ICCV 2019), the omni-scale ReID network, written after torchreid's ``osnet.py``.
+"""OSNet (Zhou et al., ICCV 2019), the omni-scale ReID network, written after torchreid's ``osnet.py`` and
+``osnet_ain.py``.
 
-timm has no OSNet. Module and key names follow torchreid, so its ImageNet checkpoints (``osnet_x1_0_imagenet.pth``)
-load as local files. The standard network has output stride 16, which is what ``last_stride: 1`` means for every
-edgereid backbone; ``last_stride: 2`` adds a 1×1 conv + 2×2 average-pool transition after conv4 (stride 32).
+timm has no OSNet. Module and key names follow torchreid, so its ImageNet checkpoints (``osnet_x1_0_imagenet.pth``,
+``osnet_ain_x1_0_imagenet.pth``) load as local files. The standard network has output stride 16, which is what
+``last_stride: 1`` means for every edgereid backbone; ``last_stride: 2`` adds a 1×1 conv + 2×2 average-pool
+transition after conv4 (stride 32).
 
 ``osnet_ibn_x1_0`` is torchreid's IBN variant: InstanceNorm in the stem and after the residual sum of conv2's
-blocks. The ``*_fc512`` names are torchreid's whole ReID model up to its test feature: the backbone, global average
+blocks. ``osnet_ain_*`` are torchreid's AIN networks (Zhou et al., TPAMI 2021): InstanceNorm in the stem and, in
+some blocks (``OSBlockINin``), on the residual branch in place of the projection's BN; their blocks name the
+streams ``conv2.0``…``conv2.3`` and their stage transitions are modules of their own (``pool2``, ``pool3``), as
+torchreid's keys are. InstanceNorm normalises each image with its own statistics, so BN folding leaves it in place
+and the exported graph computes it (ONNX InstanceNormalization).
+
+The ``*_fc512`` names are torchreid's whole ReID model up to its test feature: the backbone, global average
 pooling and torchreid's ``fc`` (Linear 512 + BN + ReLU), broadcast over the conv5 map's positions (a B×512×h×w
 map at the usual output stride, every position the same feature). With ``pooling: avg`` and
 ``head.neck_feat: before`` the edgereid model's embedding is then exactly torchreid's eval-mode output, which is
@@ -14,9 +22,16 @@ how ``edgereid import torchreid`` expresses torchreid's model-zoo files.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from torch import Tensor, nn
 
-from edgereid.modeling.backbones.base import Backbone, refuse_imagenet_download, reject_options
+from edgereid.modeling.backbones.base import (
+    Backbone,
+    init_like_torchreid,
+    refuse_imagenet_download,
+    reject_options,
+)
 from edgereid.modeling.config import BackboneConfig
 from edgereid.modeling.registry import register_backbone
 
@@ -42,15 +57,17 @@ class Conv1x1(ConvLayer):
 
 
 class Conv1x1Linear(nn.Module):
-    """1×1 conv + BN without activation (projections into the residual sum)."""
+    """1×1 conv + BN without activation (projections into the residual sum); without ``bn`` when an
+    InstanceNorm follows instead (``OSBlockINin``)."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, bn: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 1, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
+        self.bn = nn.BatchNorm2d(cout) if bn else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn(self.conv(x))
+        x = self.conv(x)
+        return x if self.bn is None else self.bn(x)
 
 
 class LightConv3x3(nn.Module):
@@ -67,6 +84,17 @@ class LightConv3x3(nn.Module):
         return self.relu(self.bn(self.conv2(self.conv1(x))))
 
 
+class LightConvStream(nn.Module):
+    """``depth`` stacked lite 3×3 convs, under osnet_ain.py's key names (``layers.N``)."""
+
+    def __init__(self, channels: int, depth: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*(LightConv3x3(channels, channels) for _ in range(depth)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
 class ChannelGate(nn.Module):
     """The unified aggregation gate: per-channel sigmoid weights from the pooled stream, shared by all scales."""
 
@@ -81,6 +109,16 @@ class ChannelGate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         gate = self.gate_activation(self.fc2(self.relu(self.fc1(self.global_avgpool(x)))))
         return x * gate
+
+
+def _gated_sum(gate: ChannelGate, streams: Iterable[nn.Module], x: Tensor) -> Tensor:
+    """The streams' outputs on ``x``, each weighted by the shared gate, summed (in stream order, as torchreid)."""
+    total: Tensor | None = None
+    for stream in streams:
+        gated = gate(stream(x))
+        total = gated if total is None else total + gated
+    assert total is not None
+    return total
 
 
 class OSBlock(nn.Module):
@@ -102,9 +140,7 @@ class OSBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        x1 = self.conv1(x)
-        x2 = self.gate(self.conv2a(x1)) + self.gate(self.conv2b(x1)) + self.gate(self.conv2c(x1))
-        x2 = x2 + self.gate(self.conv2d(x1))
+        x2 = _gated_sum(self.gate, (self.conv2a, self.conv2b, self.conv2c, self.conv2d), self.conv1(x))
         identity = x if self.downsample is None else self.downsample(x)
         out = self.conv3(x2) + identity
         if self.IN is not None:
@@ -112,15 +148,56 @@ class OSBlock(nn.Module):
         return self.relu(out)
 
 
+class AINBlock(nn.Module):
+    """osnet_ain.py's omni-scale block: the streams of :class:`OSBlock` as ``conv2.0``…``conv2.3``; with
+    ``instance_norm`` its ``OSBlockINin``, whose residual branch ends in InstanceNorm instead of the projection's BN
+    (the identity path is not normalised), else its plain ``OSBlock``."""
+
+    def __init__(self, cin: int, cout: int, instance_norm: bool, bottleneck_reduction: int = 4) -> None:
+        super().__init__()
+        mid = cout // bottleneck_reduction
+        self.conv1 = Conv1x1(cin, mid)
+        self.conv2 = nn.ModuleList(LightConvStream(mid, depth) for depth in range(1, 5))
+        self.gate = ChannelGate(mid)
+        self.conv3 = Conv1x1Linear(mid, cout, bn=not instance_norm)
+        self.downsample = Conv1x1Linear(cin, cout) if cin != cout else None
+        self.IN = nn.InstanceNorm2d(cout, affine=True) if instance_norm else None
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        branch = self.conv3(_gated_sum(self.gate, self.conv2, self.conv1(x)))
+        if self.IN is not None:
+            branch = self.IN(branch)
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(branch + identity)
+
+
+def _transition(channels: int) -> nn.Sequential:
+    """1×1 conv + 2×2 average pool: halves the map between stages."""
+    return nn.Sequential(Conv1x1(channels, channels), nn.AvgPool2d(2, stride=2))
+
+
 def _stage(cin: int, cout: int, blocks: int, reduce: bool, instance_norm: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = [OSBlock(cin, cout, instance_norm=instance_norm)]
     layers += [OSBlock(cout, cout, instance_norm=instance_norm) for _ in range(blocks - 1)]
     if reduce:
-        layers.append(nn.Sequential(Conv1x1(cout, cout), nn.AvgPool2d(2, stride=2)))
+        layers.append(_transition(cout))
     return nn.Sequential(*layers)
 
 
+def _ain_stage(cin: int, cout: int, instance_norm: Sequence[bool]) -> nn.Sequential:
+    return nn.Sequential(
+        *(AINBlock(cin if index == 0 else cout, cout, norm) for index, norm in enumerate(instance_norm))
+    )
+
+
+# Which blocks of conv2, conv3 and conv4 are OSBlockINin in every osnet_ain network of torchreid.
+_AIN_INSTANCE_NORM = ((True, True), (False, True), (True, False))
+
+
 class OSNet(Backbone):
+    """torchreid's OSNet (``ain=False``: osnet.py, IBN with ``instance_norm``) or its AIN network (``ain=True``)."""
+
     ignored_prefixes = ("fc.", "classifier.")
 
     def __init__(
@@ -130,14 +207,24 @@ class OSNet(Backbone):
         blocks: int = 2,
         instance_norm: bool = False,
         fc_dim: int | None = None,
+        ain: bool = False,
     ) -> None:
         super().__init__()
         c0, c1, c2, c3 = channels
-        self.conv1 = ConvLayer(3, c0, 7, stride=2, padding=3, instance_norm=instance_norm)
+        self.conv1 = ConvLayer(3, c0, 7, stride=2, padding=3, instance_norm=instance_norm or ain)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.conv2 = _stage(c0, c1, blocks, reduce=True, instance_norm=instance_norm)
-        self.conv3 = _stage(c1, c2, blocks, reduce=True)
-        self.conv4 = _stage(c2, c3, blocks, reduce=last_stride == 2)
+        # osnet.py ends conv2 and conv3 with their transitions; osnet_ain.py has them as pool2 and pool3.
+        transitions: tuple[nn.Sequential | None, ...] = (None, None, None)
+        if ain:
+            self.conv2 = _ain_stage(c0, c1, _AIN_INSTANCE_NORM[0])
+            self.conv3 = _ain_stage(c1, c2, _AIN_INSTANCE_NORM[1])
+            self.conv4 = _ain_stage(c2, c3, _AIN_INSTANCE_NORM[2])
+            transitions = (_transition(c1), _transition(c2), _transition(c3) if last_stride == 2 else None)
+        else:
+            self.conv2 = _stage(c0, c1, blocks, reduce=True, instance_norm=instance_norm)
+            self.conv3 = _stage(c1, c2, blocks, reduce=True)
+            self.conv4 = _stage(c2, c3, blocks, reduce=last_stride == 2)
+        self.pool2, self.pool3, self.pool4 = transitions
         self.conv5 = Conv1x1(c3, c3)
         self.channels = c3
         # torchreid's feature layer: global average pooling, then Linear + BatchNorm1d + ReLU.
@@ -145,25 +232,15 @@ class OSNet(Backbone):
         if fc_dim is not None:
             self.fc = nn.Sequential(nn.Linear(c3, fc_dim), nn.BatchNorm1d(fc_dim), nn.ReLU(inplace=True))
             self.channels = fc_dim
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # torchreid's initialisation.
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_like_torchreid(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.conv1(x))
-        x = self.conv5(self.conv4(self.conv3(self.conv2(x))))
+        for stage, transition in ((self.conv2, self.pool2), (self.conv3, self.pool3), (self.conv4, self.pool4)):
+            x = stage(x)
+            if transition is not None:
+                x = transition(x)
+        x = self.conv5(x)
         if self.fc is None:
             return x
         # torchreid's feature at every position of the map: the backbone keeps its output stride (the local branch
@@ -183,6 +260,8 @@ _WIDTHS: dict[str, tuple[int, int, int, int]] = {
 TORCHREID_FC_DIM = 512
 _FC_SUFFIX = f"_fc{TORCHREID_FC_DIM}"
 _IBN = "osnet_ibn_x1_0"
+_AIN_PREFIX = "osnet_ain_"
+_AIN_NAMES = [name.replace("osnet_", _AIN_PREFIX, 1) for name in _WIDTHS]
 
 
 def _osnet(cfg: BackboneConfig) -> OSNet:
@@ -191,11 +270,12 @@ def _osnet(cfg: BackboneConfig) -> OSNet:
         cfg, "timm and torchvision lack OSNet: give the path of torchreid's ImageNet file instead"
     )
     name = cfg.name.removesuffix(_FC_SUFFIX)
-    widths = _WIDTHS["osnet_x1_0" if name == _IBN else name]
+    ain = name.startswith(_AIN_PREFIX)
+    widths = _WIDTHS["osnet_x1_0" if name == _IBN else name.replace(_AIN_PREFIX, "osnet_", 1)]
     fc_dim = TORCHREID_FC_DIM if cfg.name.endswith(_FC_SUFFIX) else None
-    return OSNet(widths, last_stride=cfg.last_stride, instance_norm=name == _IBN, fc_dim=fc_dim)
+    return OSNet(widths, last_stride=cfg.last_stride, instance_norm=name == _IBN, fc_dim=fc_dim, ain=ain)
 
 
-for _name in [*_WIDTHS, _IBN]:
+for _name in [*_WIDTHS, _IBN, *_AIN_NAMES]:
     register_backbone(_name)(_osnet)
     register_backbone(_name + _FC_SUFFIX)(_osnet)

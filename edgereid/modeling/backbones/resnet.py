@@ -1,5 +1,5 @@
 """The ResNet family: torchvision ResNet-18/34/50/101 and timm's ResNeXt-50 and ResNeSt-50, with the ReID options
-FastReID puts on them: last stride 1, IBN-a/IBN-b (IBN-Net) and non-local blocks."""
+FastReID puts on them: last stride 1, IBN-a/IBN-b (IBN-Net), squeeze-excitation (SE-ResNet) and non-local blocks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from edgereid.modeling.backbones.base import Backbone, set_stride_one
 from edgereid.modeling.config import BackboneConfig
 from edgereid.modeling.layers.ibn import IBN
 from edgereid.modeling.layers.non_local import NonLocal
+from edgereid.modeling.layers.squeeze_excitation import SqueezeExcitation
 from edgereid.modeling.registry import register_backbone
 
 # Non-local blocks per stage, put after the stage's last blocks. Stages 2 and 3 are FastReID's R50 counts
@@ -22,29 +23,45 @@ from edgereid.modeling.registry import register_backbone
 NON_LOCAL_PER_STAGE = {1: 1, 2: 2, 3: 3, 4: 1}
 
 
-class _BasicBlockINb(BasicBlock):
-    """torchvision's BasicBlock with IBN-b's InstanceNorm after the residual addition (before the ReLU)."""
+class _BasicBlockSEIN(BasicBlock):
+    """torchvision's BasicBlock with a squeeze-excitation before the residual addition (SE-ResNet) and IBN-b's
+    InstanceNorm after it (before the ReLU); either is an Identity where the backbone has none."""
 
-    IN: nn.InstanceNorm2d
+    se: nn.Module
+    IN: nn.Module
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.se(self.bn2(self.conv2(out)))
         return self.relu(self.IN(out + identity))
 
 
-class _BottleneckINb(Bottleneck):
-    """torchvision's Bottleneck with IBN-b's InstanceNorm after the residual addition (before the ReLU)."""
+class _BottleneckSEIN(Bottleneck):
+    """torchvision's Bottleneck with the squeeze-excitation and InstanceNorm slots of :class:`_BasicBlockSEIN`."""
 
-    IN: nn.InstanceNorm2d
+    se: nn.Module
+    IN: nn.Module
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.se(self.bn3(self.conv3(out)))
         return self.relu(self.IN(out + identity))
+
+
+def _with_se_in_slots(block: nn.Module) -> _BasicBlockSEIN | _BottleneckSEIN:
+    """``block`` (a torchvision block) turned into its SE/IN variant, in place; the slots start as Identity."""
+    if isinstance(block, _BasicBlockSEIN | _BottleneckSEIN):
+        return block
+    if not isinstance(block, BasicBlock | Bottleneck):
+        raise TypeError(f"SE and IBN-b slots need torchvision's BasicBlock or Bottleneck, not {type(block).__name__}")
+    block.__class__ = _BottleneckSEIN if isinstance(block, Bottleneck) else _BasicBlockSEIN
+    block.se = nn.Identity()
+    block.IN = nn.Identity()
+    assert isinstance(block, _BasicBlockSEIN | _BottleneckSEIN)
+    return block
 
 
 def _block_out_channels(block: nn.Module) -> int:
@@ -75,6 +92,7 @@ class ResNetBackbone(Backbone):
         last_stride: int = 1,
         ibn: str | None = None,
         non_local: Sequence[int] | None = None,
+        se: bool = False,
         torchvision_blocks: bool = True,
     ) -> None:
         super().__init__()
@@ -95,6 +113,8 @@ class ResNetBackbone(Backbone):
                     f"not '{name}'; use ibn: a"
                 )
             self._add_ibn_b()
+        if se:
+            self._add_se()
         self.non_local = nn.ModuleDict()
         self._non_local_after: dict[int, list[int]] = {}
         for stage in non_local or []:
@@ -121,10 +141,10 @@ class ResNetBackbone(Backbone):
                 elif isinstance(child, nn.AvgPool2d) and stride in (2, (2, 2)):
                     setattr(parent, child_name, nn.Identity())
 
-    def _add_ibn_a(self) -> None:
+    def _add_ibn_a(self, stages: Sequence[int] = (1, 2, 3)) -> None:
         # IBN-a (IBN-Net, FastReID): the first norm of every block in layers 1–3 becomes half IN, half BN; layer4
-        # stays BN, as its features must stay discriminative.
-        for stage in (1, 2, 3):
+        # stays BN, as its features must stay discriminative (FastReID's ResNeXt puts it in layer4 too).
+        for stage in stages:
             for block in self._stage(stage):
                 bn1 = getattr(block, "bn1", None)
                 if not isinstance(bn1, nn.BatchNorm2d):
@@ -139,8 +159,13 @@ class ResNetBackbone(Backbone):
         self.body.bn1 = nn.InstanceNorm2d(stem_bn.num_features, affine=True)
         for stage in (1, 2):
             block = self._stage(stage)[-1]
-            block.__class__ = _BottleneckINb if isinstance(block, Bottleneck) else _BasicBlockINb
-            block.IN = nn.InstanceNorm2d(_block_out_channels(block), affine=True)
+            _with_se_in_slots(block).IN = nn.InstanceNorm2d(_block_out_channels(block), affine=True)
+
+    def _add_se(self) -> None:
+        # FastReID's SE-ResNet: every block of all four stages, on the block's output width.
+        for stage in (1, 2, 3, 4):
+            for block in self._stage(stage):
+                _with_se_in_slots(block).se = SqueezeExcitation(_block_out_channels(block))
 
     def forward(self, x: Tensor) -> Tensor:
         body: Any = self.body  # a torchvision or a timm ResNet; both have these attributes
@@ -194,7 +219,9 @@ _TIMM = {"resnext50": "resnext50_32x4d", "resnest50": "resnest50d"}
 def _torchvision_resnet(cfg: BackboneConfig) -> ResNetBackbone:
     weights = "IMAGENET1K_V1" if cfg.pretrained == "imagenet" else None
     body = _TORCHVISION[cfg.name](weights=weights)
-    return ResNetBackbone(body, name=cfg.name, last_stride=cfg.last_stride, ibn=cfg.ibn, non_local=cfg.non_local)
+    return ResNetBackbone(
+        body, name=cfg.name, last_stride=cfg.last_stride, ibn=cfg.ibn, non_local=cfg.non_local, se=cfg.se
+    )
 
 
 def _timm_resnet(cfg: BackboneConfig) -> ResNetBackbone:

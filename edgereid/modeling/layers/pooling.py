@@ -1,4 +1,5 @@
-"""Global pooling of a B×C×h×w map to B×C: average, max, GeM (fixed or learnable p) and spatial attention."""
+"""Global pooling of a B×C×h×w map to B×C: average, max, their sum, clipped average, GeM (fixed or learnable p)
+and spatial attention."""
 
 from __future__ import annotations
 
@@ -17,6 +18,20 @@ class GlobalAvgPool(nn.Module):
 class GlobalMaxPool(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x.amax(dim=(2, 3))
+
+
+class GlobalAvgMaxPool(nn.Module):
+    """The sum (not the mean) of average and max pooling, as FastReID's ``AdaptiveAvgMaxPool``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))
+
+
+class ClipGlobalAvgPool(nn.Module):
+    """Average pooling clamped to [0, 1], as FastReID's ``ClipGlobalAvgPool``: every feature saturates at 1."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3)).clamp(min=0.0, max=1.0)
 
 
 class GeMPool(nn.Module):
@@ -63,8 +78,13 @@ def build_pooling(kind: str, channels: int, gem_p: float = 3.0) -> nn.Module:
         return GlobalAvgPool()
     if kind == "max":
         return GlobalMaxPool()
+    if kind == "avgmax":
+        return GlobalAvgMaxPool()
+    if kind == "clipavg":
+        return ClipGlobalAvgPool()
     if kind in ("gem", "gem_learnable"):
         return GeMPool(gem_p, learnable=kind == "gem_learnable")
     if kind == "attention":
         return AttentionPool(channels)
-    raise ConfigError(f"model.pooling: unknown pooling '{kind}'; expected avg, max, gem, gem_learnable or attention")
+    raise ConfigError(f"model.pooling: unknown pooling '{kind}'; expected avg, max, avgmax, clipavg, gem, "
+                      "gem_learnable or attention")
