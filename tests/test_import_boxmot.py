@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgereid.cli import cli
 from edgereid.errors import ConfigError
-from edgereid.importers.boxmot import arch_from_filename, import_boxmot
+from edgereid.importers.boxmot import BOXMOT_MODEL_TYPES, arch_from_filename, import_boxmot
 from edgereid.training.checkpoint import load_checkpoint
 from edgereid.training.evaluate import build_model
 from tests.reid_refs import max_cosine_distance, randomize, reference_library
@@ -23,14 +23,25 @@ from tests.reid_refs import max_cosine_distance, randomize, reference_library
         ("osnet_x1_0_dukemtmcreid.pt", "osnet_x1_0"),
         ("osnet_ibn_x1_0_msmt17.pt", "osnet_ibn_x1_0"),
         ("osnet_ain_x1_0_msmt17.pt", "osnet_ain_x1_0"),
+        ("osnet_ain_x1_0_dukemtmcreid.pt", "osnet_ain_x1_0"),
         ("resnet50_fc512_msmt17.pt", "resnet50"),  # boxmot's substring rule, first match wins
         ("mobilenetv2_x1_4_market1501.pt", "mobilenetv2_x1_4"),
+        ("mobilenetv2_x1_4_dukemtmcreid.pt", "mobilenetv2_x1_4"),
+        ("mobilenetv2_x1_0_market1501.pt", "mobilenetv2_x1_0"),
+        ("mobilenetv2_x1_0_msmt17.pt", "mobilenetv2_x1_0"),
         ("lmbn_n_cuhk03_d.pt", "lmbn_n"),
         ("clip_market1501.pt", "clip"),
     ],
 )
 def test_architecture_from_file_name_as_boxmot(name: str, arch: str) -> None:
     assert arch_from_filename(Path(name)) == arch
+
+
+def test_no_model_type_hides_in_another() -> None:
+    """boxmot takes the first model type found in the name; none is part of another (mobilenetv2_x1_0 of
+    mobilenetv2_x1_4, osnet_x1_0 of osnet_ain_x1_0), so the first found is also the longest."""
+    assert not [(short, long) for short in BOXMOT_MODEL_TYPES for long in BOXMOT_MODEL_TYPES
+                if short != long and short in long]
 
 
 def _osnet_weights(path: Path) -> torch.nn.Module:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from edgereid.cli import cli
 from edgereid.errors import ConfigError, DataError
-from edgereid.importers.fastreid import import_fastreid
+from edgereid.importers.fastreid import fastreid_key, import_fastreid
 from edgereid.training.checkpoint import load_checkpoint
 from edgereid.training.evaluate import build_model
 from tests.reid_refs import max_cosine_distance, randomize, reference_library
@@ -38,6 +38,10 @@ _X = {"MODEL.BACKBONE.NAME": "build_resnext_backbone"}
 _S = {"MODEL.BACKBONE.NAME": "build_resnest_backbone"}
 _SMALL = {"INPUT.SIZE_TEST": [128, 64]}
 _R18_SMALL = {"MODEL.BACKBONE.DEPTH": "18x", "MODEL.BACKBONE.FEAT_DIM": 512} | _SMALL
+_OSNET = {"MODEL.BACKBONE.NAME": "build_osnet_backbone"}
+_OSNET_X1_0 = _OSNET | {"MODEL.BACKBONE.DEPTH": "x1_0", "MODEL.BACKBONE.FEAT_DIM": 512}
+_MOBILENETV2 = {"MODEL.BACKBONE.NAME": "build_mobilenetv2_backbone", "MODEL.BACKBONE.DEPTH": "1.0x",
+                "MODEL.BACKBONE.FEAT_DIM": 1280}
 CONFIGS: dict[str, dict[str, Any]] = {
     "bagtricks_R50": _BOT,
     "bagtricks_R50-ibn": _BOT | _IBN,
@@ -70,6 +74,21 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # FastReID's ResNeSt: last stride 1 by dilation; its builder reads no WITH_IBN/WITH_NL/WITH_SE.
     "sbs_S50_ibn-nl-se-ignored": _SBS | _S | _IBN | _SE | _SMALL,
     "bagtricks_S50_last-stride-2": _BOT | _S | _SMALL | {"MODEL.BACKBONE.LAST_STRIDE": 2},
+    # FastReID's OSNet: torchreid's without the fc, output stride 16 whatever LAST_STRIDE says; it reads WITH_IBN
+    # (IN in the stem and conv2, at any width) and no WITH_NL/WITH_SE.
+    "bagtricks_osnet_x1_0": _BOT | _OSNET_X1_0 | _SMALL,
+    "bagtricks_osnet_x1_0-ibn": _BOT | _OSNET_X1_0 | _IBN | _SMALL,
+    "AGW_osnet_x0_75_last-stride-2-ignored": _AGW | _OSNET | _SMALL | {
+        "MODEL.BACKBONE.DEPTH": "x0_75", "MODEL.BACKBONE.FEAT_DIM": 384, "MODEL.BACKBONE.LAST_STRIDE": 2},
+    "sbs_osnet_x0_25-ibn_nl-se-ignored": _SBS | _OSNET | _IBN | _SE | _SMALL | {
+        "MODEL.BACKBONE.DEPTH": "x0_25", "MODEL.BACKBONE.FEAT_DIM": 128},
+    "bagtricks_osnet_x0_5-ibn_avgmax_reduction": _BOT | _OSNET | _IBN | _SMALL | {
+        "MODEL.BACKBONE.DEPTH": "x0_5", "MODEL.BACKBONE.FEAT_DIM": 256, "MODEL.HEADS.POOL_LAYER": "AdaptiveAvgMaxPool",
+        "MODEL.HEADS.EMBEDDING_DIM": 128},
+    # FastReID's MobileNetV2 (1.0x; it builds no 1.4x): torchvision's network at output stride 32 whatever
+    # LAST_STRIDE says; it reads no WITH_*.
+    "bagtricks_mobilenetv2_1.0x": _BOT | _MOBILENETV2 | _SMALL,
+    "sbs_mobilenetv2_1.0x_ibn-nl-se-ignored": _SBS | _MOBILENETV2 | _IBN | _SE | _SMALL,
 }
 
 
@@ -130,8 +149,11 @@ def test_embedding_equals_fastreid(name: str, tmp_path: Path) -> None:
     assert data.size == (height, width)
     assert data.mean == pytest.approx(tuple(value / 255 for value in cfg.MODEL.PIXEL_MEAN))
     assert checkpoint.metrics["imported"]["library"] == "fastreid"
-    reads_ibn = cfg.MODEL.BACKBONE.NAME != "build_resnest_backbone"
-    assert result.model.backbone.ibn == ("a" if cfg.MODEL.BACKBONE.WITH_IBN and reads_ibn else None)
+    reads_ibn_a = cfg.MODEL.BACKBONE.NAME in ("build_resnet_backbone", "build_resnext_backbone")
+    assert result.model.backbone.ibn == ("a" if cfg.MODEL.BACKBONE.WITH_IBN and reads_ibn_a else None)
+    # fastreid_key names every backbone key of the import as FastReID's file does (errors, writing FastReID files).
+    backbone_keys = {fastreid_key(key) for key in checkpoint.model_state if key.startswith("backbone.")}
+    assert backbone_keys == {key for key in reference.state_dict() if key.startswith("backbone.")}
 
 
 def test_cli_import(tmp_path: Path) -> None:
@@ -161,8 +183,8 @@ def _dumped(tmp_path: Path, changes: dict[str, Any]) -> Path:
     ("key", "value", "expected"),
     [
         ("MODEL.META_ARCHITECTURE", "MGN", "multi-branch"),
-        ("MODEL.BACKBONE.NAME", "build_osnet_backbone", "build_resnet_backbone, build_resnext_backbone"),
-        ("MODEL.BACKBONE.NAME", "build_mobilenetv2_backbone", "MobileNet.* not supported"),
+        ("MODEL.BACKBONE.NAME", "build_regnet_backbone", "build_resnet_backbone, build_resnext_backbone"),
+        ("MODEL.BACKBONE.NAME", "build_mobilenetv3_backbone", "MobileNetV3.* not supported"),
         ("MODEL.BACKBONE.DEPTH", "152x", "one of 18x"),
         ("MODEL.HEADS.NAME", "ClasHead", "EmbeddingHead"),
         ("MODEL.HEADS.POOL_LAYER", "Identity", "needs a global pooling"),
@@ -181,6 +203,15 @@ def test_unsupported_configurations_are_refused(key: str, value: Any, expected: 
     message = str(error.value)
     assert "\n" not in message and str(config) in message and key in message and repr(value) in message
     assert not out.exists()
+
+
+def test_mobilenetv2_widths_other_than_1_0x_are_refused(tmp_path: Path) -> None:
+    config = _dumped(tmp_path, {"MODEL.BACKBONE.NAME": "build_mobilenetv2_backbone", "MODEL.BACKBONE.DEPTH": "0.5x"})
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": {"x": torch.zeros(1)}}, weights)
+    with pytest.raises(ConfigError, match=r"DEPTH '0\.5x' .*expected one of 1\.0x .*width 1\.0 only") as error:
+        import_fastreid(config, weights, tmp_path / "ck.pt")
+    assert "\n" not in str(error.value) and str(config) in str(error.value)
 
 
 def test_unresolved_base_and_non_yaml_are_refused(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 boxmot's ReID networks are torchreid's (same module and key names), and it picks the architecture from the file
 name: the first of its model types that occurs in the name, in boxmot's order (``osnet_x0_25_msmt17.pt`` →
-``osnet_x0_25``). ``arch`` overrides that. The weights then take the torchreid path (``importers.torchreid``).
+``osnet_x0_25``); no type is part of another, so that is also the longest (``mobilenetv2_x1_4_market1501.pt`` →
+``mobilenetv2_x1_4``). ``arch`` overrides that. The weights then take the torchreid path (``importers.torchreid``).
 """
 
 from __future__ import annotations

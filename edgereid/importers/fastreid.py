@@ -3,11 +3,15 @@
 The ``Baseline`` meta-architecture as FastReID dumps its configuration: ResNet 18/34/50/101 with IBN-a, SE and
 non-local blocks and ResNeXt 50/101 (32×4d) with IBN-a and non-local blocks (edgereid's ``fastreid_resnet*`` and
 ``fastreid_resnext*`` backbones: FastReID's stem pooling, IBN layers and non-local width), ResNeSt 50/101/200/269
-(``fastreid_resnest*``: its last stride 1 by dilation), the ``EmbeddingHead`` with average/max/average+max/clipped
-average/GeM/GeM-P pooling, the BN-neck and the reduction to ``EMBEDDING_DIM``, last stride, ``INPUT.SIZE_TEST`` and
-``MODEL.PIXEL_MEAN/PIXEL_STD`` (FastReID's 0–255 units, divided by 255 for edgereid's [0, 1] images). The
-``WITH_*`` switches a FastReID builder does not read (``WITH_SE`` for ResNeXt, all of them for ResNeSt) are ignored,
-as FastReID ignores them.
+(``fastreid_resnest*``: its last stride 1 by dilation), OSNet x1_0/x0_75/x0_5/x0_25 with and without IBN
+(``osnet_*``/``osnet_ibn_*``: torchreid's OSNet without its fc, at output stride 16 whatever ``LAST_STRIDE`` says,
+as FastReID's builder reads none), MobileNetV2 1.0x (tonylins' layout with the last 1×1 conv outside ``features``:
+torchvision's network, edgereid's ``mobilenetv2``, at output stride 32, its builder reading no ``LAST_STRIDE``
+either), the ``EmbeddingHead`` with average/max/average+max/clipped average/GeM/GeM-P pooling, the BN-neck and the
+reduction to ``EMBEDDING_DIM``, last stride, ``INPUT.SIZE_TEST`` and ``MODEL.PIXEL_MEAN/PIXEL_STD`` (FastReID's
+0–255 units, divided by 255 for edgereid's [0, 1] images). The ``WITH_*`` switches a FastReID builder does not read
+(``WITH_SE`` for ResNeXt, all but ``WITH_IBN`` for OSNet, all of them for ResNeSt and MobileNetV2) are ignored, as
+FastReID ignores them.
 
 FastReID's eval output is always the feature after its neck (``NECK_FEAT`` only picks the training-time metric
 feature), so the imported model's embedding is the post-neck feature. A reduction (``EMBEDDING_DIM > 0``) is a
@@ -17,7 +21,7 @@ neck with the BN folded in (exact; fine-tuning then trains that Linear without a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,28 +40,70 @@ from edgereid.importers.common import (
     read_weights,
     write_checkpoint,
 )
+from edgereid.modeling.backbones.mobilenet import flat_v2_key_of_torchvision, torchvision_key_of_flat_v2
 from edgereid.modeling.config import ModelConfig
 
 LIBRARY = "fastreid"
 
 
+_NON_LOCAL_KEY = "NL_"  # FastReID's non-local blocks, ``backbone.NL_<stage>.<index>``
+# FastReID's MobileNetV2 keeps its last 1×1 conv as ``conv``, after the 18 modules of ``features``; torchvision's
+# (edgereid's ``mobilenetv2``) has it as ``features.18``.
+_FASTREID_MOBILENET_LAST_CONV = "conv."
+_TORCHVISION_MOBILENET_LAST_CONV = "features.18."
+# The one block of FastReID's and torchvision's MobileNetV2 without a 1×1 expansion conv (expansion 1).
+_MOBILENET_UNEXPANDED_BLOCK = "features.1."
+
+
+def _resnet_key(key: str) -> str:
+    if key.startswith(_NON_LOCAL_KEY):
+        stage, _, rest = key[len(_NON_LOCAL_KEY) :].partition(".")
+        return f"non_local.stage{stage}.{rest}"
+    return "body." + key
+
+
+def _osnet_key(key: str) -> str:
+    return key  # FastReID's OSNet keeps torchreid's module names, as edgereid's OSNet does
+
+
+def _mobilenetv2_key(key: str) -> str:
+    if key.startswith(_FASTREID_MOBILENET_LAST_CONV):
+        return _TORCHVISION_MOBILENET_LAST_CONV + key[len(_FASTREID_MOBILENET_LAST_CONV) :]
+    return torchvision_key_of_flat_v2(key, expanded=not key.startswith(_MOBILENET_UNEXPANDED_BLOCK))
+
+
 class _Backbone(NamedTuple):
     depths: dict[str, str]  # MODEL.BACKBONE.DEPTH → edgereid's backbone
     options: tuple[str, ...]  # the MODEL.BACKBONE.WITH_* keys the builder reads; it ignores the others, as must we
+    key: Callable[[str], str]  # a key under FastReID's ``backbone.`` → edgereid's under ``backbone.``
+    # The edgereid last_stride of a builder that reads no LAST_STRIDE (its output stride is fixed).
+    last_stride: int | None = None
+    # WITH_IBN's backbones by DEPTH where IBN is a network of its own (OSNet's) rather than edgereid's ``ibn: a``.
+    ibn_depths: dict[str, str] | None = None
+    depth_note: str = ""  # why DEPTHs FastReID builds are missing from ``depths``
 
 
+_OSNET_WIDTHS = ("x1_0", "x0_75", "x0_5", "x0_25")
 # The ResNeXt builder has no 152x: no non-local counts for it, a KeyError in FastReID itself.
 _BACKBONES = {
     "build_resnet_backbone": _Backbone(
         {"18x": "fastreid_resnet18", "34x": "fastreid_resnet34", "50x": "fastreid_resnet50",
-         "101x": "fastreid_resnet101"}, ("WITH_IBN", "WITH_NL", "WITH_SE")),
+         "101x": "fastreid_resnet101"}, ("WITH_IBN", "WITH_NL", "WITH_SE"), _resnet_key),
     "build_resnext_backbone": _Backbone({"50x": "fastreid_resnext50", "101x": "fastreid_resnext101"},
-                                        ("WITH_IBN", "WITH_NL")),
+                                        ("WITH_IBN", "WITH_NL"), _resnet_key),
     "build_resnest_backbone": _Backbone(
         {"50x": "fastreid_resnest50", "101x": "fastreid_resnest101", "200x": "fastreid_resnest200",
-         "269x": "fastreid_resnest269"}, ()),
+         "269x": "fastreid_resnest269"}, (), _resnet_key),
+    "build_osnet_backbone": _Backbone(
+        {width: f"osnet_{width}" for width in _OSNET_WIDTHS}, ("WITH_IBN",), _osnet_key, last_stride=1,
+        ibn_depths={width: f"osnet_ibn_{width}" for width in _OSNET_WIDTHS}),
+    "build_mobilenetv2_backbone": _Backbone(
+        {"1.0x": "mobilenetv2"}, (), _mobilenetv2_key, last_stride=2,
+        depth_note="edgereid's mobilenetv2, torchvision's network, has width 1.0 only"),
 }
-_BACKBONES_SUPPORTED = "ResNet 18/34/50/101, ResNeXt 50/101 32×4d, ResNeSt 50/101/200/269"
+_BACKBONES_SUPPORTED = (
+    "ResNet 18/34/50/101, ResNeXt 50/101 32×4d, ResNeSt 50/101/200/269, OSNet x1_0/x0_75/x0_5/x0_25, MobileNetV2 1.0x"
+)
 _POOLING = {
     "GlobalAvgPool": "avg",
     "FastGlobalAvgPool": "avg",
@@ -118,16 +164,17 @@ def model_from_config(config: Mapping[str, Any], path: Path) -> tuple[ModelConfi
     backbone = _get(config, "MODEL.BACKBONE.NAME", "build_resnet_backbone", path)
     if backbone not in _BACKBONES:
         raise _refuse(path, "MODEL.BACKBONE.NAME", backbone, f"one of {', '.join(_BACKBONES)} ({_BACKBONES_SUPPORTED}; "
-                      "OSNet, MobileNet, RegNet, ShuffleNet, RepVGG and ViT are not supported yet)")
-    depths, options = _BACKBONES[backbone]
+                      "MobileNetV3, RegNet, EfficientNet, ShuffleNet, RepVGG and ViT are not supported yet)")
+    builder = _BACKBONES[backbone]
     depth = str(_get(config, "MODEL.BACKBONE.DEPTH", "50x", path))
-    if depth not in depths:
-        raise _refuse(path, "MODEL.BACKBONE.DEPTH", depth, f"one of {', '.join(depths)} for {backbone}")
+    if depth not in builder.depths:
+        note = f" ({builder.depth_note})" if builder.depth_note else ""
+        raise _refuse(path, "MODEL.BACKBONE.DEPTH", depth, f"one of {', '.join(builder.depths)} for {backbone}{note}")
     for key in ("MODEL.BACKBONE.NORM", "MODEL.HEADS.NORM"):
         norm = _get(config, key, "BN", path)
         if norm not in _NORMS:
             raise _refuse(path, key, norm, f"one of {', '.join(_NORMS)} (batch norm in eval mode)")
-    last_stride = _get(config, "MODEL.BACKBONE.LAST_STRIDE", 1, path)
+    last_stride = builder.last_stride or _get(config, "MODEL.BACKBONE.LAST_STRIDE", 1, path)
     if last_stride not in (1, 2):
         raise _refuse(path, "MODEL.BACKBONE.LAST_STRIDE", last_stride, "1 or 2")
     head = _get(config, "MODEL.HEADS.NAME", "EmbeddingHead", path)
@@ -144,12 +191,14 @@ def model_from_config(config: Mapping[str, Any], path: Path) -> tuple[ModelConfi
     with_bnneck = bool(_get(config, "MODEL.HEADS.WITH_BNNECK", False, path))
 
     def switched_on(option: str) -> bool:
-        return option in options and bool(_get(config, f"MODEL.BACKBONE.{option}", False, path))
+        return option in builder.options and bool(_get(config, f"MODEL.BACKBONE.{option}", False, path))
 
+    with_ibn = switched_on("WITH_IBN")
+    ibn_depths = builder.ibn_depths if with_ibn else None
     backbone_cfg = {
-        "name": depths[depth],
+        "name": (ibn_depths or builder.depths)[depth],
         "last_stride": last_stride,
-        "ibn": "a" if switched_on("WITH_IBN") else None,
+        "ibn": "a" if with_ibn and builder.ibn_depths is None else None,
         "non_local": [2, 3] if switched_on("WITH_NL") and depth in ("50x", "101x") else [],
         "se": switched_on("WITH_SE"),
     }
@@ -183,8 +232,9 @@ def model_from_config(config: Mapping[str, Any], path: Path) -> tuple[ModelConfi
         mean=(mean[0] / 255.0, mean[1] / 255.0, mean[2] / 255.0),
         std=(std[0] / 255.0, std[1] / 255.0, std[2] / 255.0),
     )
-    facts = {"embedding_dim": embedding_dim, "with_bnneck": with_bnneck, "meta_architecture": meta,
-             "pool_layer": pool, "neck_feat": _get(config, "MODEL.HEADS.NECK_FEAT", "before", path)}
+    facts = {"backbone": backbone, "embedding_dim": embedding_dim, "with_bnneck": with_bnneck,
+             "meta_architecture": meta, "pool_layer": pool,
+             "neck_feat": _get(config, "MODEL.HEADS.NECK_FEAT", "before", path)}
     return model, preprocessing, facts
 
 
@@ -209,14 +259,12 @@ def _map_keys(state: Mapping[str, Tensor], facts: Mapping[str, Any]) -> tuple[di
     mapped: dict[str, Tensor] = {}
     source: dict[str, str] = {}
     reduction = facts["embedding_dim"] > 0
+    backbone_key = _BACKBONES[facts["backbone"]].key
     for key, value in state.items():
         if key in ("pixel_mean", "pixel_std"):  # persistent in old FastReID versions; the config has them
             continue
-        if key.startswith("backbone.NL_"):
-            stage, _, rest = key[len("backbone.NL_") :].partition(".")
-            new = f"backbone.non_local.stage{stage}.{rest}"
-        elif key.startswith("backbone."):
-            new = "backbone.body." + key[len("backbone.") :]
+        if key.startswith("backbone."):
+            new = "backbone." + backbone_key(key[len("backbone.") :])
         elif key == "heads.pool_layer.p":
             new = "heads.pool.p"
         elif key == "heads.weight":
@@ -251,7 +299,13 @@ def fastreid_key(key: str) -> str:
         return "backbone." + key[len("backbone.body.") :]
     if key.startswith("backbone.non_local.stage"):
         stage, _, rest = key[len("backbone.non_local.stage") :].partition(".")
-        return f"backbone.NL_{stage}.{rest}"
+        return f"backbone.{_NON_LOCAL_KEY}{stage}.{rest}"
+    if key.startswith("backbone.features."):
+        mobilenet_key = key[len("backbone.") :]
+        if mobilenet_key.startswith(_TORCHVISION_MOBILENET_LAST_CONV):
+            return "backbone." + _FASTREID_MOBILENET_LAST_CONV + mobilenet_key[len(_TORCHVISION_MOBILENET_LAST_CONV) :]
+        expanded = not mobilenet_key.startswith(_MOBILENET_UNEXPANDED_BLOCK)
+        return "backbone." + flat_v2_key_of_torchvision(mobilenet_key, expanded=expanded)
     renamed = {"heads.pool.p": "heads.pool_layer.p", "heads.classifier.weight": "heads.weight"}
     if key in renamed:
         return renamed[key]

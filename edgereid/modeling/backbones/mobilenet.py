@@ -22,6 +22,29 @@ from edgereid.modeling.registry import register_backbone
 _FLAT_V2_NO_EXPANSION = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}
 _FLAT_V2_EXPANSION = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}
 _FLAT_V2_KEY = re.compile(r"^features\.(\d+)\.conv\.(\d+)\.(.+)$")
+_TORCHVISION_V2_KEY = re.compile(r"^features\.(\d+)\.conv\.(\d+(?:\.\d+)?)\.([^.]+)$")
+
+
+def _renamed_in_block(key: str, pattern: re.Pattern[str], indices: Mapping[str, str]) -> str:
+    # Keys outside ``features.N.conv``, and indices outside the table (no known file has one: the loader reports
+    # them), stay as they are.
+    match = pattern.match(key)
+    if match is None:
+        return key
+    block, index, param = match.groups()
+    return f"features.{block}.conv.{indices.get(index, index)}.{param}"
+
+
+def torchvision_key_of_flat_v2(key: str, expanded: bool) -> str:
+    """A key of the flat MobileNetV2 layout under torchvision's name; ``expanded``: its block has the 1×1
+    expansion conv."""
+    return _renamed_in_block(key, _FLAT_V2_KEY, _FLAT_V2_EXPANSION if expanded else _FLAT_V2_NO_EXPANSION)
+
+
+def flat_v2_key_of_torchvision(key: str, expanded: bool) -> str:
+    """The inverse of :func:`torchvision_key_of_flat_v2`: a torchvision MobileNetV2 key as the flat layout names it."""
+    table = _FLAT_V2_EXPANSION if expanded else _FLAT_V2_NO_EXPANSION
+    return _renamed_in_block(key, _TORCHVISION_V2_KEY, {new: old for old, new in table.items()})
 
 
 class MobileNetBackbone(Backbone):
@@ -53,18 +76,10 @@ class MobileNetBackbone(Backbone):
         if "features.1.conv.0.0.weight" in state or "features.1.conv.3.weight" not in state:
             return dict(state)  # torchvision's own layout (or not MobileNetV2 at all: the loader reports it)
         expanded = {m[1] for key in state if (m := _FLAT_V2_KEY.match(key)) and m[2] == "6"}
-        mapped: dict[str, Tensor] = {}
-        for key, value in state.items():
-            match = _FLAT_V2_KEY.match(key)
-            if match is None:
-                mapped[key] = value
-                continue
-            block, index, param = match.groups()
-            table = _FLAT_V2_EXPANSION if block in expanded else _FLAT_V2_NO_EXPANSION
-            # An index outside the table (none in the known file) is kept as is and reported as unexpected.
-            new_index = table.get(index, index)
-            mapped[f"features.{block}.conv.{new_index}.{param}"] = value
-        return mapped
+        return {
+            torchvision_key_of_flat_v2(key, expanded=key.split(".")[1] in expanded): value
+            for key, value in state.items()
+        }
 
 
 def _weights(cfg: BackboneConfig) -> str | None:

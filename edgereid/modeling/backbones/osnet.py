@@ -7,11 +7,12 @@ timm has no OSNet. Module and key names follow torchreid, so its ImageNet checkp
 transition after conv4 (stride 32).
 
 ``osnet_ibn_x1_0`` is torchreid's IBN variant: InstanceNorm in the stem and after the residual sum of conv2's
-blocks. ``osnet_ain_*`` are torchreid's AIN networks (Zhou et al., TPAMI 2021): InstanceNorm in the stem and, in
-some blocks (``OSBlockINin``), on the residual branch in place of the projection's BN; their blocks name the
-streams ``conv2.0``…``conv2.3`` and their stage transitions are modules of their own (``pool2``, ``pool3``), as
-torchreid's keys are. InstanceNorm normalises each image with its own statistics, so BN folding leaves it in place
-and the exported graph computes it (ONNX InstanceNormalization).
+blocks; ``osnet_ibn_x0_75``/``x0_5``/``x0_25`` are the same at the narrower widths, which FastReID builds
+(``WITH_IBN`` at any ``DEPTH``) and torchreid does not. ``osnet_ain_*`` are torchreid's AIN networks (Zhou et al.,
+TPAMI 2021): InstanceNorm in the stem and, in some blocks (``OSBlockINin``), on the residual branch in place of
+the projection's BN; their blocks name the streams ``conv2.0``…``conv2.3`` and their stage transitions are modules
+of their own (``pool2``, ``pool3``), as torchreid's keys are. InstanceNorm normalises each image with its own
+statistics, so BN folding leaves it in place and the exported graph computes it (ONNX InstanceNormalization).
 
 The ``*_fc512`` names are torchreid's whole ReID model up to its test feature: the backbone, global average
 pooling and torchreid's ``fc`` (Linear 512 + BN + ReLU), broadcast over the conv5 map's positions (a B×512×h×w
@@ -259,7 +260,8 @@ _WIDTHS: dict[str, tuple[int, int, int, int]] = {
 # torchreid's feature width after its fc layer (``feature_dim=512`` for every OSNet of its model zoo).
 TORCHREID_FC_DIM = 512
 _FC_SUFFIX = f"_fc{TORCHREID_FC_DIM}"
-_IBN = "osnet_ibn_x1_0"
+_IBN_PREFIX = "osnet_ibn_"
+_IBN_NAMES = [name.replace("osnet_", _IBN_PREFIX, 1) for name in _WIDTHS]
 _AIN_PREFIX = "osnet_ain_"
 _AIN_NAMES = [name.replace("osnet_", _AIN_PREFIX, 1) for name in _WIDTHS]
 
@@ -270,12 +272,12 @@ def _osnet(cfg: BackboneConfig) -> OSNet:
         cfg, "timm and torchvision lack OSNet: give the path of torchreid's ImageNet file instead"
     )
     name = cfg.name.removesuffix(_FC_SUFFIX)
-    ain = name.startswith(_AIN_PREFIX)
-    widths = _WIDTHS["osnet_x1_0" if name == _IBN else name.replace(_AIN_PREFIX, "osnet_", 1)]
+    ibn, ain = name.startswith(_IBN_PREFIX), name.startswith(_AIN_PREFIX)
+    widths = _WIDTHS[name.replace(_IBN_PREFIX, "osnet_", 1).replace(_AIN_PREFIX, "osnet_", 1)]
     fc_dim = TORCHREID_FC_DIM if cfg.name.endswith(_FC_SUFFIX) else None
-    return OSNet(widths, last_stride=cfg.last_stride, instance_norm=name == _IBN, fc_dim=fc_dim, ain=ain)
+    return OSNet(widths, last_stride=cfg.last_stride, instance_norm=ibn, fc_dim=fc_dim, ain=ain)
 
 
-for _name in [*_WIDTHS, _IBN, *_AIN_NAMES]:
+for _name in [*_WIDTHS, *_IBN_NAMES, *_AIN_NAMES]:
     register_backbone(_name)(_osnet)
     register_backbone(_name + _FC_SUFFIX)(_osnet)
