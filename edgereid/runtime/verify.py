@@ -46,7 +46,9 @@ def verify_runtime(
     **runner_options: Any,
 ) -> dict[str, Any]:
     """Score ``precisions`` (default: every one the bundle has that ``backend`` runs) of ``bundle`` on ``backend``
-    against the FP32 model on ONNX Runtime CPU; the ``edgereid.verify`` JSON document (see docs/ARCHITECTURE.md).
+    against the FP32 model on ONNX Runtime CPU: the ``edgereid.verify`` JSON document — the bundle and model id, the
+    data set (root, query/gallery counts, fingerprint), ``reference`` (FP32 on ONNX Runtime CPU) and ``results``, one
+    entry per precision (mAP, CMC, ΔmAP to the reference with its bootstrap interval, cosine, tolerance, passed).
 
     The data is the one recorded in the bundle's manifest, ``data`` (root, format, reader options, holdout)
     replacing its values by the rule of :class:`edgereid.data.selection.DataSelection`, as ``edgereid eval`` and
