@@ -421,6 +421,16 @@ def test_qat_is_suggested_by_name() -> None:
     assert "loses 14.66 mAP points" in message and "at best 0.61 (with 52 of 52 layers in float)" in message
     assert f"over the {0.5 - HELDOUT_MARGIN_POINTS:.2f} the search accepts there" in message
     assert "(1) quantization-aware training: `edgereid train qat_quickstart" in message
+    assert "every layer in float" not in message  # its drop was reached: nothing else to blame
+    # The TensorRT model with every layer in float still computes in FP16: the rest is not INT8's doing.
+    message = sensitivity_module.budget_failure_message(
+        "int8", drop_before=2.51, best_drop=0.20, best_layers=52, total_layers=52, max_map_drop=0.5,
+        margin=HELDOUT_MARGIN_POINTS, qat_hint=own, all_float_drop=0.20)
+    assert "With every layer in float it still loses 0.20: that is not INT8 but the FP16 TensorRT" in message
+    cpu = sensitivity_module.budget_failure_message(
+        "int8_cpu", drop_before=2.51, best_drop=0.20, best_layers=52, total_layers=52, max_map_drop=0.5,
+        margin=HELDOUT_MARGIN_POINTS, qat_hint=own, all_float_drop=0.20)
+    assert "that is not INT8 but the noise of the held-out set" in cpu and "FP16" not in cpu
 
 
 # --- bad input ----------------------------------------------------------------------------------------------

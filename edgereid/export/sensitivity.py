@@ -48,7 +48,7 @@ from edgereid.export.common import (
     embed_onnx,
 )
 from edgereid.export.equalize import EQUALIZE_BY_DEFAULT, equalize_activations
-from edgereid.export.precision import INT8_PRECISIONS, OrtQuantizer, quantize_int8
+from edgereid.export.precision import INT8_PRECISIONS, TENSORRT_HIGH_PRECISION, OrtQuantizer, quantize_int8
 from edgereid.recipes.schema import DataConfig
 
 DEFAULT_HELDOUT_IMAGES = 1000
@@ -356,10 +356,11 @@ def _fit_budget(
         return record
     fully_quantized = {"layers_in_float": 0, "drop_points": record["drop_points_before"]}
     best = min([fully_quantized, *steps], key=lambda step: step["drop_points"])
+    all_float = next((step["drop_points"] for step in steps if step["layers_in_float"] == len(ranking)), None)
     raise BudgetNotMetError(budget_failure_message(
         precision, drop_before=record["drop_points_before"], best_drop=best["drop_points"],
         best_layers=best["layers_in_float"], total_layers=len(ranking), max_map_drop=max_map_drop, margin=margin,
-        qat_hint=qat_hint,
+        qat_hint=qat_hint, all_float_drop=all_float,
     ))
 
 
@@ -369,16 +370,24 @@ class BudgetNotMetError(ExportError):
 
 def budget_failure_message(
     precision: str, *, drop_before: float, best_drop: float, best_layers: int, total_layers: int,
-    max_map_drop: float, margin: float, qat_hint: str | None = None,
+    max_map_drop: float, margin: float, qat_hint: str | None = None, all_float_drop: float | None = None,
 ) -> str:
-    """What a user reads when PTQ cannot meet the budget: the drops, then the ways forward, QAT first."""
+    """What a user reads when PTQ cannot meet the budget: the drops, then the ways forward, QAT first.
+    ``all_float_drop``: the drop with every quantized layer in float, when the search got there — what is left
+    then is not INT8's doing, and the user is told so."""
     threshold = heldout_threshold(max_map_drop, margin)
+    not_int8 = ""
+    if all_float_drop is not None and all_float_drop > threshold:
+        around = (f"the {TENSORRT_HIGH_PRECISION.upper()} TensorRT computes around its INT8 layers, and "
+                  if precision == "int8" else "")
+        not_int8 = (f" With every layer in float it still loses {all_float_drop:.2f}: that is not INT8 but {around}"
+                    "the noise of the held-out set: quantization-aware training needs no such search.")
     return (
         f"{precision}: post-training INT8 cannot meet the {max_map_drop:g}-point mAP budget (--max-map-drop): it "
         f"loses {drop_before:.2f} mAP points against FP32 on held-out train images, and keeping the most sensitive "
         f"layers in float reached at best {best_drop:.2f} (with {best_layers} of {total_layers} layers in float), "
         f"over the {threshold:.2f} the search accepts there (the budget less a {margin:.2f}-point margin, because "
-        "held-out train images under-read the test split's drop). Ways forward: "
+        f"held-out train images under-read the test split's drop).{not_int8} Ways forward: "
         f"(1) quantization-aware training: {qat_hint or qat_suggestion(None, None)}, then export that run "
         "(its INT8 models carry what it learned, no layer in float); "
         "(2) a larger budget, which allows more loss and more float fallback: --max-map-drop 1.0; "
