@@ -6,8 +6,8 @@ budget, held-out search) and verified on its recipe's test split.
     EDGEREID_DATA=../shared/data python benchmarks/bench_import_int8.py runs/bot_r50_fastreid_cpu/best.pt \\
         --library fastreid --work runs/bench-import-bot --out benchmarks/results/import-int8-bot_r50.json
 
-The checkpoint must be of an architecture the library's importer produces: ``fastreid_resnet*`` backbones with
-FastReID's BN-neck head (FastReID's ``Baseline``), or one of torchreid's architectures (``--arch``, e.g.
+The checkpoint must be of an architecture the library's importer produces: a ``fastreid_resnet*`` backbone or a
+``mobilenetv2`` at last stride 2 with FastReID's BN-neck head (FastReID's ``Baseline``), or one of torchreid's architectures (``--arch``, e.g.
 osnet_x1_0: an ``osnet_x1_0_fc512`` backbone with the pre-neck feature). Random weights carry no accuracy, so the
 checkpoint is a short edgereid training run of that architecture (``edgereid train`` with its model section).
 """
@@ -50,22 +50,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _fastreid_backbone(checkpoint: Checkpoint) -> tuple[str, str]:
+    """FastReID's builder and DEPTH for the checkpoint's backbone; the head must be FastReID's BoT head."""
+    model = checkpoint.recipe.model
+    name = model.backbone.name
+    if name.startswith("fastreid_resnet") and name.removeprefix("fastreid_resnet").isdigit():
+        builder, depth = "build_resnet_backbone", name.removeprefix("fastreid_resnet") + "x"
+    elif name == "mobilenetv2" and model.backbone.last_stride == 2:  # FastReID's MobileNetV2 has output stride 32
+        builder, depth = "build_mobilenetv2_backbone", "1.0x"
+    else:
+        builder = depth = ""
+    if not builder or model.head.kind != "bnneck" or model.head.neck_feat != "after" or model.pooling != "avg":
+        raise SystemExit(f"'{checkpoint.path}': expected a fastreid_resnet* backbone or a mobilenetv2 at last stride "
+                         "2, average pooling and a BN-neck head with the feature after it (FastReID's BoT), got "
+                         f"{name}, {model.pooling}, {model.head}")
+    return builder, depth
+
+
 def fastreid_files(checkpoint: Checkpoint, work: Path) -> tuple[Path, Path]:
     """The checkpoint as a FastReID training run leaves it: a dumped config.yaml and model_final.pth."""
+    builder, depth = _fastreid_backbone(checkpoint)
     model = checkpoint.recipe.model
-    depth = model.backbone.name.removeprefix("fastreid_resnet")
-    if model.backbone.name != f"fastreid_resnet{depth}" or model.head.kind != "bnneck" or model.pooling != "avg":
-        raise SystemExit(f"'{checkpoint.path}': expected a fastreid_resnet* backbone, average pooling and a BN-neck "
-                         f"head (FastReID's BoT), got {model.backbone.name}, {model.pooling}, {model.head.kind}")
     data = checkpoint.recipe.data
     mean = [round(value * 255, 6) for value in checkpoint.recipe.data.mean]
     std = [round(value * 255, 6) for value in checkpoint.recipe.data.std]
     config = {
         "MODEL": {
             "META_ARCHITECTURE": "Baseline",
-            "BACKBONE": {"NAME": "build_resnet_backbone", "DEPTH": f"{depth}x", "LAST_STRIDE": model.backbone.last_stride,
+            "BACKBONE": {"NAME": builder, "DEPTH": depth, "LAST_STRIDE": model.backbone.last_stride,
                          "WITH_IBN": model.backbone.ibn == "a", "WITH_NL": bool(model.backbone.non_local),
-                         "WITH_SE": False, "NORM": "BN"},
+                         "WITH_SE": False, "NORM": "BN",
+                         "FEAT_DIM": int(checkpoint.model_state["heads.neck.bn.weight"].shape[0])},
             "HEADS": {"NAME": "EmbeddingHead", "NORM": "BN", "WITH_BNNECK": True, "POOL_LAYER": "GlobalAvgPool",
                       "NECK_FEAT": model.head.neck_feat, "CLS_LAYER": "Linear", "EMBEDDING_DIM": 0,
                       "NUM_CLASSES": checkpoint.num_classes},
@@ -96,6 +111,44 @@ def torchreid_file(checkpoint: Checkpoint, arch: str, work: Path) -> Path:
     path = work / f"{arch}.pth"
     torch.save(state, path)
     return path
+
+
+def library_difference(checkpoint: Checkpoint, library: str, files: Path, arch: str) -> float | None:
+    """1 − cosine, the largest over a batch of random images, between the checkpoint's network and the library's
+    own model built from the files written for it (FastReID: its config; torchreid: ``arch``) and loaded strictly
+    (torchreid's classifier apart): proof that the files are that library's. None where the library is not
+    installed beside the environment (``VENV/reid-refs``, as ``.ci/setup-env`` installs it)."""
+    sys.path.append(str(Path(sys.prefix) / "reid-refs"))
+    height, width = checkpoint.recipe.data.size
+    images = torch.rand(8, 3, height, width, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor(checkpoint.recipe.data.mean)[:, None, None]
+    std = torch.tensor(checkpoint.recipe.data.std)[:, None, None]
+    try:
+        if library == "fastreid":
+            from fastreid.config import get_cfg
+            from fastreid.modeling import build_model
+
+            cfg = get_cfg()
+            cfg.merge_from_file(str(files / "config.yaml"))
+            cfg.MODEL.DEVICE, cfg.MODEL.BACKBONE.PRETRAIN = "cpu", False
+            reference = build_model(cfg)
+            reference.load_state_dict(torch.load(files / "model_final.pth", weights_only=True)["model"])
+            source_images = images * 255  # FastReID normalizes inside, with the config's PIXEL_MEAN/STD
+        else:
+            import torchreid
+
+            reference = torchreid.models.build_model(arch, num_classes=checkpoint.num_classes, pretrained=False)
+            missing, unexpected = reference.load_state_dict(torch.load(files / f"{arch}.pth", weights_only=True),
+                                                            strict=False)
+            assert not unexpected and all(key.startswith("classifier.") for key in missing), (missing, unexpected)
+            source_images = (images - mean) / std
+    except ImportError:
+        return None
+    network = create_model(checkpoint.recipe.model, checkpoint.num_classes)
+    network.load_state_dict(checkpoint.model_state)
+    with torch.no_grad():
+        a, b = reference.eval()(source_images), network.eval()((images - mean) / std)
+    return float((1 - torch.nn.functional.cosine_similarity(a.double(), b.double())).max())
 
 
 def max_embedding_difference(original: Checkpoint, imported: Path) -> float:
@@ -136,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "trained_metrics": checkpoint.metrics,
         "import_s": import_s,
         "import_max_one_minus_cosine": max_embedding_difference(checkpoint, imported),
+        "library_max_one_minus_cosine": library_difference(checkpoint, args.library, weights_path.parent, args.arch),
         "environment": describe_environment(),
     }
     started = time.perf_counter()
