@@ -148,6 +148,24 @@ def test_a_model_without_pairs_is_copied_unchanged(tmp_path: Path) -> None:
     assert record["pairs"] == [] and (tmp_path / "equalized.onnx").read_bytes() == source.read_bytes()
 
 
+def test_an_all_zero_embedding_is_the_same_function(tmp_path: Path) -> None:
+    # A weak model whose embedding ends in a ReLU maps some images to all zeros: no direction to compare, and
+    # equalization keeps them zero.
+    model, images = _model("Relu"), _images(count=64)
+    # Shifted so that each output is negative on 60 % of the images before the ReLU, all of them on some images.
+    shift = np.quantile(_run(_save(model, tmp_path / "unshifted.onnx"), images)[0], 0.6, axis=0)
+    model.graph.node[-1].output[0] = "flat"
+    model.graph.initializer.append(numpy_helper.from_array(shift.astype(np.float32), "shift"))
+    model.graph.node.extend([helper.make_node("Sub", ["flat", "shift"], ["shifted"], name="shift"),
+                             helper.make_node("Relu", ["shifted"], [OUTPUT_NAME], name="embedding_relu")])
+    source = _save(model, tmp_path / "model.onnx")
+    original = _run(source, images)[0]
+    assert (np.abs(original).max(axis=1) == 0).any() and (np.abs(original).max(axis=1) > 0).any()
+    record = equalize_activations(source, tmp_path / "equalized.onnx", images)
+    assert record["cosine_min_to_original"] >= 0.99999
+    np.testing.assert_allclose(_run(tmp_path / "equalized.onnx", images)[0], original, atol=1e-4 * original.max())
+
+
 def test_a_rescaling_that_changes_the_output_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgereid.export import equalize
 
