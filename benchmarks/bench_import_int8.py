@@ -7,9 +7,10 @@ budget, held-out search) and verified on its recipe's test split.
         --library fastreid --work runs/bench-import-bot --out benchmarks/results/import-int8-bot_r50.json
 
 The checkpoint must be of an architecture the library's importer produces: a ``fastreid_resnet*`` backbone or a
-``mobilenetv2`` at last stride 2 with FastReID's BN-neck head (FastReID's ``Baseline``), or one of torchreid's architectures (``--arch``, e.g.
-osnet_x1_0: an ``osnet_x1_0_fc512`` backbone with the pre-neck feature). Random weights carry no accuracy, so the
-checkpoint is a short edgereid training run of that architecture (``edgereid train`` with its model section).
+``mobilenetv2`` at last stride 2 with FastReID's BN-neck head (FastReID's ``Baseline``), or one of torchreid's
+architectures (``--arch``, e.g. osnet_x1_0: an ``osnet_x1_0_fc512`` backbone with the pre-neck feature). Random
+weights carry no accuracy, so the checkpoint is a short edgereid training run of that architecture (``edgereid
+train`` with its model section).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -31,6 +33,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from int8_rows import INT8, int8_rows, print_rows
 
 from edgereid.atomic import atomic_write_text
+from edgereid.data.images import decode_image
+from edgereid.data.registry import load_dataset
 from edgereid.export import export_checkpoint
 from edgereid.importers import fastreid, torchreid
 from edgereid.importers.common import DataSource, Preprocessing
@@ -113,14 +117,22 @@ def torchreid_file(checkpoint: Checkpoint, arch: str, work: Path) -> Path:
     return path
 
 
+def sample_images(checkpoint: Checkpoint, count: int = 16) -> torch.Tensor:
+    """Every ``len // count``-th train image of the checkpoint's data set, at its input size, RGB in [0, 1]."""
+    data = checkpoint.recipe.data
+    train = load_dataset(data.root, format=data.format, **data.options).train
+    chosen = train[:: max(len(train) // count, 1)][:count]
+    pixels = np.stack([decode_image(record.path, tuple(data.size)) for record in chosen])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+
+
 def library_difference(checkpoint: Checkpoint, library: str, files: Path, arch: str) -> float | None:
-    """1 − cosine, the largest over a batch of random images, between the checkpoint's network and the library's
+    """:func:`relative_difference` on :func:`sample_images` between the checkpoint's network and the library's
     own model built from the files written for it (FastReID: its config; torchreid: ``arch``) and loaded strictly
     (torchreid's classifier apart): proof that the files are that library's. None where the library is not
     installed beside the environment (``VENV/reid-refs``, as ``.ci/setup-env`` installs it)."""
     sys.path.append(str(Path(sys.prefix) / "reid-refs"))
-    height, width = checkpoint.recipe.data.size
-    images = torch.rand(8, 3, height, width, generator=torch.Generator().manual_seed(0))
+    images = sample_images(checkpoint)
     mean = torch.tensor(checkpoint.recipe.data.mean)[:, None, None]
     std = torch.tensor(checkpoint.recipe.data.std)[:, None, None]
     try:
@@ -148,21 +160,27 @@ def library_difference(checkpoint: Checkpoint, library: str, files: Path, arch: 
     network.load_state_dict(checkpoint.model_state)
     with torch.no_grad():
         a, b = reference.eval()(source_images), network.eval()((images - mean) / std)
-    return float((1 - torch.nn.functional.cosine_similarity(a.double(), b.double())).max())
+    return relative_difference(a, b)
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest absolute difference between two batches of embeddings over the largest absolute value of ``a``:
+    a weak network maps some images to an all-zero embedding (a ReLU'd output), where a cosine means nothing."""
+    return float((a.double() - b.double()).abs().max() / a.double().abs().max())
 
 
 def max_embedding_difference(original: Checkpoint, imported: Path) -> float:
-    """1 − cosine, the largest over a batch of random images, between the checkpoint's and the import's network."""
+    """:func:`relative_difference` on :func:`sample_images` between the checkpoint's and the import's network."""
     def network(checkpoint: Checkpoint) -> torch.nn.Module:
         model = create_model(checkpoint.recipe.model, checkpoint.num_classes)
         model.load_state_dict(checkpoint.model_state)
         return model.eval()
 
-    height, width = original.recipe.data.size
-    images = torch.randn(8, 3, height, width, generator=torch.Generator().manual_seed(0))
+    data = original.recipe.data
+    images = (sample_images(original) - torch.tensor(data.mean)[:, None, None]) / torch.tensor(data.std)[:, None, None]
     with torch.no_grad():
         a, b = network(original)(images), network(load_checkpoint(imported))(images)
-    return float((1 - torch.nn.functional.cosine_similarity(a.double(), b.double())).max())
+    return relative_difference(a, b)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "arch": args.arch if args.library == "torchreid" else checkpoint.recipe.model.backbone.name,
         "trained_metrics": checkpoint.metrics,
         "import_s": import_s,
-        "import_max_one_minus_cosine": max_embedding_difference(checkpoint, imported),
-        "library_max_one_minus_cosine": library_difference(checkpoint, args.library, weights_path.parent, args.arch),
+        "import_relative_difference": max_embedding_difference(checkpoint, imported),
+        "library_relative_difference": library_difference(checkpoint, args.library, weights_path.parent, args.arch),
         "environment": describe_environment(),
     }
     started = time.perf_counter()
@@ -201,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     results["fp32_mAP"] = verification["precisions"]["fp32"]["mAP"]
     results.update(int8_rows(bundle.manifest))
     atomic_write_text(args.out, json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
-    print(f"import {import_s:.1f} s, 1 - cosine {results['import_max_one_minus_cosine']:.1e}; "
+    print(f"import {import_s:.1f} s, relative difference {results['import_relative_difference']:.1e}; "
           f"FP32 {results['fp32_mAP']:.2%} on {results['num_query']} queries")
     print_rows(results["arch"], {precision: results[precision] for precision in INT8})
     return 0
