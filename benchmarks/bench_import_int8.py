@@ -76,8 +76,8 @@ def fastreid_files(checkpoint: Checkpoint, work: Path) -> tuple[Path, Path]:
     builder, depth = _fastreid_backbone(checkpoint)
     model = checkpoint.recipe.model
     data = checkpoint.recipe.data
-    mean = [round(value * 255, 6) for value in checkpoint.recipe.data.mean]
-    std = [round(value * 255, 6) for value in checkpoint.recipe.data.std]
+    mean = [round(value * 255, 6) for value in data.mean]
+    std = [round(value * 255, 6) for value in data.std]
     config = {
         "MODEL": {
             "META_ARCHITECTURE": "Baseline",
@@ -126,15 +126,28 @@ def sample_images(checkpoint: Checkpoint, count: int = 16) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
 
 
+def network(checkpoint: Checkpoint) -> torch.nn.Module:
+    """The checkpoint's network in eval mode."""
+    model = create_model(checkpoint.recipe.model, checkpoint.num_classes)
+    model.load_state_dict(checkpoint.model_state)
+    return model.eval()
+
+
+def normalized(checkpoint: Checkpoint, images: torch.Tensor) -> torch.Tensor:
+    """``images`` (RGB in [0, 1]) normalized with the checkpoint's mean and std, as its network takes them."""
+    data = checkpoint.recipe.data
+    return (images - torch.tensor(data.mean)[:, None, None]) / torch.tensor(data.std)[:, None, None]
+
+
 def library_difference(checkpoint: Checkpoint, library: str, files: Path, arch: str) -> float | None:
     """:func:`relative_difference` on :func:`sample_images` between the checkpoint's network and the library's
     own model built from the files written for it (FastReID: its config; torchreid: ``arch``) and loaded strictly
     (torchreid's classifier apart): proof that the files are that library's. None where the library is not
     installed beside the environment (``VENV/reid-refs``, as ``.ci/setup-env`` installs it)."""
-    sys.path.append(str(Path(sys.prefix) / "reid-refs"))
+    references = str(Path(sys.prefix) / "reid-refs")
+    if references not in sys.path:
+        sys.path.append(references)
     images = sample_images(checkpoint)
-    mean = torch.tensor(checkpoint.recipe.data.mean)[:, None, None]
-    std = torch.tensor(checkpoint.recipe.data.std)[:, None, None]
     try:
         if library == "fastreid":
             from fastreid.config import get_cfg
@@ -153,13 +166,11 @@ def library_difference(checkpoint: Checkpoint, library: str, files: Path, arch: 
             missing, unexpected = reference.load_state_dict(torch.load(files / f"{arch}.pth", weights_only=True),
                                                             strict=False)
             assert not unexpected and all(key.startswith("classifier.") for key in missing), (missing, unexpected)
-            source_images = (images - mean) / std
+            source_images = normalized(checkpoint, images)
     except ImportError:
         return None
-    network = create_model(checkpoint.recipe.model, checkpoint.num_classes)
-    network.load_state_dict(checkpoint.model_state)
     with torch.no_grad():
-        a, b = reference.eval()(source_images), network.eval()((images - mean) / std)
+        a, b = reference.eval()(source_images), network(checkpoint)(normalized(checkpoint, images))
     return relative_difference(a, b)
 
 
@@ -171,13 +182,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def max_embedding_difference(original: Checkpoint, imported: Path) -> float:
     """:func:`relative_difference` on :func:`sample_images` between the checkpoint's and the import's network."""
-    def network(checkpoint: Checkpoint) -> torch.nn.Module:
-        model = create_model(checkpoint.recipe.model, checkpoint.num_classes)
-        model.load_state_dict(checkpoint.model_state)
-        return model.eval()
-
-    data = original.recipe.data
-    images = (sample_images(original) - torch.tensor(data.mean)[:, None, None]) / torch.tensor(data.std)[:, None, None]
+    images = normalized(original, sample_images(original))
     with torch.no_grad():
         a, b = network(original)(images), network(load_checkpoint(imported))(images)
     return relative_difference(a, b)
@@ -189,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     data = checkpoint.recipe.data
     source = DataSource(root=Path(data.root), format=data.format)
     imported = args.work / "imported.pt"
-    started = time.perf_counter()
     if args.library == "fastreid":
         config_path, weights_path = fastreid_files(checkpoint, args.work / "fastreid")
+        started = time.perf_counter()
         fastreid.import_fastreid(config_path, weights_path, imported, data=source)
     else:
         weights_path = torchreid_file(checkpoint, args.arch, args.work / "torchreid")
         preprocessing = Preprocessing(size=tuple(data.size), mean=tuple(data.mean), std=tuple(data.std))
+        started = time.perf_counter()
         torchreid.import_torchreid(args.arch, weights_path, imported, preprocessing=preprocessing, data=source)
     import_s = time.perf_counter() - started
     results: dict[str, Any] = {
